@@ -1,0 +1,69 @@
+// The admin API, on 127.0.0.1 only: liveness, readiness, metrics, the effective config, cluster
+// state, and drain. Its own errors go through the same table as the proxy's.
+import http from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { sendError } from '../errors/respond.js';
+import { MeshError } from '../errors/table.js';
+
+export interface AdminTarget {
+  readonly ready: boolean;
+  readonly draining: boolean;
+  metrics(): Promise<string>;
+  configDump(): object;
+  clusters(): object;
+  /** Starts draining; resolves when drained. */
+  drain(): Promise<void>;
+}
+
+type Route = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+
+export function createAdminServer(target: AdminTarget): http.Server {
+  const routes: Record<string, Record<string, Route>> = {
+    '/healthz': { GET: (_req, res) => text(res, 200, 'ok\n') },
+    '/ready': {
+      GET: (_req, res) =>
+        target.ready
+          ? text(res, 200, 'ready\n')
+          : sendError(res, new MeshError(target.draining ? 'draining' : 'not_ready')),
+    },
+    '/metrics': {
+      GET: async (_req, res) => {
+        const body = await target.metrics();
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+        res.end(body);
+      },
+    },
+    '/config_dump': { GET: (_req, res) => json(res, 200, target.configDump()) },
+    '/clusters': { GET: (_req, res) => json(res, 200, target.clusters()) },
+    '/drain': {
+      POST: (_req, res) => {
+        void target.drain();
+        json(res, 202, { draining: true });
+      },
+    },
+  };
+
+  return http.createServer(async (req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const byMethod = routes[path];
+    if (!byMethod) return sendError(res, new MeshError('not_found', `no admin endpoint ${path}`));
+    const route = byMethod[req.method ?? 'GET'];
+    if (!route) return sendError(res, new MeshError('method_not_allowed', `${req.method} ${path} is not supported`));
+    try {
+      await route(req, res);
+    } catch (err) {
+      sendError(res, new MeshError('internal', (err as Error).message));
+    }
+  });
+}
+
+function text(res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { 'content-type': 'text/plain' });
+  res.end(body);
+}
+
+function json(res: ServerResponse, status: number, value: unknown): void {
+  const body = JSON.stringify(value, null, 2);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}

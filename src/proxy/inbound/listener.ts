@@ -1,0 +1,72 @@
+// The inbound listener: mTLS from peer sidecars, delivered to the local app. The stages:
+//   TLS 1.3 handshake (client certificate required, chained to the mesh CA; else refused)
+//   → authorise the caller's SPIFFE ID against `inbound.allow` (else 403 forbidden)
+//   → replace any x-ctxmesh-peer-identity with the verified one → upstream pipeline → relay
+import https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import type { LimitsConfig } from '../../config/schema.js';
+import { MeshError } from '../../errors/table.js';
+import type { Exchange, ExchangeRecorder } from '../../telemetry/exchange.js';
+import type { MeshIdentity } from '../../tls/identity.js';
+import { isAllowed, spiffeIdOf } from '../../tls/spiffe.js';
+import { PEER_IDENTITY_HEADER, readRequestHead } from '../headers.js';
+import { answerClientErrors, fail, proxy, serverOptions } from '../listener.js';
+import { clientErrorExchange } from '../outbound/listener.js';
+import type { Cluster } from '../upstream/cluster.js';
+
+export interface InboundOptions {
+  identity: MeshIdentity;
+  allow: readonly string[];
+  limits: LimitsConfig;
+  recorder: ExchangeRecorder;
+  /** The local app, as a single-endpoint cluster. */
+  app: Cluster;
+  draining: () => boolean;
+}
+
+/** The caller's verified identity, read once per TLS connection rather than once per request. */
+const peerIdentities = new WeakMap<TLSSocket, string | undefined>();
+
+function peerIdentityOf(socket: TLSSocket): string | undefined {
+  if (peerIdentities.has(socket)) return peerIdentities.get(socket);
+  const id = spiffeIdOf(socket.getPeerCertificate());
+  peerIdentities.set(socket, id);
+  return id;
+}
+
+export function createInboundServer(options: InboundOptions): https.Server {
+  const { limits, recorder, app, identity } = options;
+  const server = https.createServer(
+    {
+      ...serverOptions(limits),
+      ...identity.serverOptions(),
+      minVersion: 'TLSv1.3',
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['http/1.1'],
+    },
+    (req: IncomingMessage, res: ServerResponse) => {
+      const peer = peerIdentityOf(req.socket as TLSSocket);
+      const head = readRequestHead(req.rawHeaders);
+      const exchange: Exchange = {
+        direction: 'inbound',
+        method: req.method ?? 'GET',
+        authority: head.host,
+        path: req.url ?? '/',
+        startedAt: performance.now(),
+        peer,
+      };
+      if (!isAllowed(peer, options.allow)) {
+        fail(res, exchange, recorder, app.name, new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not allowed`), head.contentLength > 0 || head.chunked);
+        return;
+      }
+      head.headers.push(PEER_IDENTITY_HEADER, peer!);
+      proxy({ req, res, cluster: app, head, path: req.url ?? '/', hashKey: undefined, exchange }, limits, recorder, options.draining);
+    },
+  );
+  // Rotation: new handshakes use the new certificate; open connections keep theirs.
+  identity.on('rotated', () => server.setSecureContext({ ...identity.serverOptions(), minVersion: 'TLSv1.3' }));
+  answerClientErrors(server, (err) => recorder.record(clientErrorExchange('inbound'), app.name, err.status, err.code, undefined, 0));
+  return server;
+}

@@ -1,0 +1,98 @@
+// What both proxy listeners share: request-head limits, the slowloris guard, malformed input
+// answered with a mesh error instead of a crash, and the per-request entry into the pipeline.
+import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { LimitsConfig } from '../config/schema.js';
+import { sendError } from '../errors/respond.js';
+import { ERROR_HEADER, MeshError, errorBody, toMeshError } from '../errors/table.js';
+import type { Exchange, ExchangeRecorder } from '../telemetry/exchange.js';
+import { limitBody } from './body-limit.js';
+import type { RequestHead } from './headers.js';
+import { ResponseRelay } from './relay.js';
+import type { Cluster } from './upstream/cluster.js';
+import { upstream } from './upstream/stack.js';
+
+/** Options for node:http / node:https servers derived from the limits config. */
+export function serverOptions(limits: LimitsConfig): ServerOptions {
+  return {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headersTimeout,
+    keepAliveTimeout: limits.idleTimeout,
+    // How often node checks the head timeout; the default (30s) would let slow heads linger.
+    connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(limits.headersTimeout / 2))),
+    noDelay: true,
+  };
+}
+
+/** Malformed or too-large request heads never reach a handler: answer them here and close. */
+export function answerClientErrors(server: Server, onError: (err: MeshError) => void): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const failure =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new MeshError('request_timeout') : toMeshError(err);
+    onError(failure);
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const body = errorBody(failure);
+    socket.end(
+      `HTTP/1.1 ${failure.status} ${reason(failure.status)}\r\ncontent-type: application/json\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${failure.code}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  });
+}
+
+function reason(status: number): string {
+  return { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
+}
+
+export interface ProxyRequest {
+  req: IncomingMessage;
+  res: ServerResponse;
+  cluster: Cluster;
+  head: RequestHead;
+  path: string;
+  hashKey: string | undefined;
+  exchange: Exchange;
+}
+
+/** Sends one admitted request through the upstream pipeline. */
+export function proxy(
+  { req, res, cluster, head, path, hashKey, exchange }: ProxyRequest,
+  limits: LimitsConfig,
+  recorder: ExchangeRecorder,
+  closeAfter: () => boolean,
+): void {
+  if (head.contentLength > limits.maxBodyBytes) {
+    fail(res, exchange, recorder, cluster.name, new MeshError('payload_too_large', `request body of ${head.contentLength} bytes exceeds ${limits.maxBodyBytes}`), true);
+    return;
+  }
+  const hasBody = head.contentLength > 0 || head.chunked;
+  const call = {
+    cluster,
+    method: req.method ?? 'GET',
+    path,
+    headers: head.headers,
+    body: !hasBody ? null : head.chunked ? limitBody(req, limits.maxBodyBytes) : req,
+    hashKey,
+    deadline: cluster.clock.now() + cluster.config.timeout,
+    attempts: 0,
+    tried: [],
+    endpoint: undefined,
+    cancelled: false,
+  };
+  upstream(call, new ResponseRelay(res, call, exchange, recorder, closeAfter));
+}
+
+/** Answers a request the proxy refuses itself, and records it like any other. */
+export function fail(
+  res: ServerResponse,
+  exchange: Exchange,
+  recorder: ExchangeRecorder,
+  clusterName: string,
+  err: MeshError,
+  close = false,
+): void {
+  sendError(res, err, { close });
+  recorder.record(exchange, clusterName, err.status, err.code, undefined, 0);
+}

@@ -1,0 +1,57 @@
+// A circuit breaker per endpoint, on opossum. The breaker is *closed* while traffic flows, *open*
+// while it rejects, and *half-open* when, after `resetTimeout`, it lets exactly one probe through:
+// the probe's success closes it, its failure opens it again.
+import CircuitBreaker from 'opossum';
+import type { CircuitBreakerConfig } from '../config/schema.js';
+
+export type BreakerState = 'closed' | 'open' | 'half_open';
+
+/** Settles one try: no argument for success, the failure otherwise. */
+export type TryOutcome = (failure?: Error) => void;
+
+const ignore = (): void => {};
+
+export class EndpointBreaker {
+  private readonly breaker: CircuitBreaker<[Promise<void>], void>;
+
+  constructor(config: CircuitBreakerConfig, onStateChange: (state: BreakerState) => void) {
+    // The action is the try itself: the proxy settles the promise it passes to `fire`, so opossum
+    // only counts outcomes. Timeouts are the deadline interceptor's job, not the breaker's.
+    this.breaker = new CircuitBreaker((outcome: Promise<void>) => outcome, {
+      timeout: false,
+      errorThresholdPercentage: config.errorThresholdPercentage,
+      volumeThreshold: config.volumeThreshold,
+      resetTimeout: config.resetTimeout,
+      rollingCountTimeout: config.rollingWindow,
+      rollingCountBuckets: 10,
+      enableSnapshots: false,
+    });
+    this.breaker.on('open', () => onStateChange('open'));
+    this.breaker.on('halfOpen', () => onStateChange('half_open'));
+    this.breaker.on('close', () => onStateChange('closed'));
+  }
+
+  get state(): BreakerState {
+    if (this.breaker.opened) return 'open';
+    return this.breaker.halfOpen ? 'half_open' : 'closed';
+  }
+
+  /** Whether a try may be sent now: closed, or half-open with the probe slot still free. */
+  get admits(): boolean {
+    return this.breaker.closed || this.breaker.pendingClose;
+  }
+
+  /** Records the start of a try; call the returned function once with its outcome. */
+  begin(): TryOutcome {
+    let settle: TryOutcome = ignore;
+    const outcome = new Promise<void>((resolve, reject) => {
+      settle = (failure) => (failure ? reject(failure) : resolve());
+    });
+    this.breaker.fire(outcome).catch(ignore);
+    return settle;
+  }
+
+  close(): void {
+    this.breaker.shutdown();
+  }
+}

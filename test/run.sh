@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `npm test`: starts what the tests need, runs vitest, stops it again, and ends with the line
+# `N passed, N failed` read from vitest's JSON report.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+rm -f test-results.json
+npx vitest run "$@"
+status=$?
+
+if [ -f test-results.json ]; then
+  node -e '
+    const r = require("./test-results.json");
+    const skipped = r.numPendingTests + (r.numTodoTests || 0);
+    console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+  '
+else
+  echo "0 passed, 1 failed"
+  status=1
+fi
+exit $status
