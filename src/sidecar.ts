@@ -64,7 +64,7 @@ export class Sidecar implements AdminTarget {
     let sidecar: Sidecar | undefined;
     const draining = (): boolean => sidecar?.draining ?? false;
     const outbound = createOutboundServer({ limits: config.limits, recorder, router: () => sidecar!.router, draining });
-    const inbound = createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining });
+    const inbound = createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining, metrics, logger });
     sidecar = new Sidecar(config, logger, identity, metrics, clusters, app, outbound, inbound, createAdminServer({
       get ready() { return sidecar!.ready; },
       get draining() { return sidecar!.draining; },
@@ -87,7 +87,7 @@ export class Sidecar implements AdminTarget {
       throw err;
     }
     sidecar.ready = true;
-    logger.info({ node: config.node.id, spiffeId: identity.spiffeId, ports: sidecar.ports, clusters: clusters.map((c) => c.name) }, 'sidecar ready');
+    logger.info({ spiffeId: identity.spiffeId, ports: sidecar.ports, clusters: clusters.map((c) => c.name) }, 'sidecar ready');
     return sidecar;
   }
 

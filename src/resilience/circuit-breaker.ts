@@ -47,6 +47,9 @@ export class EndpointBreaker {
     const outcome = new Promise<void>((resolve, reject) => {
       settle = (failure) => (failure ? reject(failure) : resolve());
     });
+    // opossum never looks at the outcome of a call it rejects (open breaker), so the rejection
+    // must be observed here too, or it surfaces as an unhandled rejection and ends the process.
+    outcome.catch(ignore);
     this.breaker.fire(outcome).catch(ignore);
     return settle;
   }

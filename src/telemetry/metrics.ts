@@ -46,6 +46,12 @@ export class MeshMetrics {
     labelNames: ['cluster', 'endpoint', 'state'] as const,
     registers: [this.registry],
   });
+  readonly handshakeFailures = new Counter({
+    name: 'ctxmesh_inbound_tls_handshake_failures_total',
+    help: 'Inbound mTLS handshakes refused, by reason (no certificate, unknown CA, expired, ...).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   /** Filled at scrape time from live state; see `onCollect`. */
   readonly breakerState = new Gauge({
     name: 'ctxmesh_circuit_breaker_state',

@@ -12,8 +12,7 @@ type CertificateLike = { subjectaltname?: string } | X509Certificate | undefined
 export function spiffeIdOf(cert: CertificateLike): string | undefined {
   if (!cert) return undefined;
   // tls.PeerCertificate spells it `subjectaltname`, crypto.X509Certificate `subjectAltName`.
-  const altNames =
-    'subjectAltName' in cert ? cert.subjectAltName : cert.subjectaltname;
+  const altNames = 'subjectAltName' in cert ? cert.subjectAltName : cert.subjectaltname;
   if (!altNames) return undefined;
   for (const { type, value } of parseSubjectAltNames(altNames)) {
     if (type === 'URI' && value.toLowerCase().startsWith(SPIFFE_SCHEME)) return value;

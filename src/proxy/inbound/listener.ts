@@ -8,6 +8,8 @@ import type { TLSSocket } from 'node:tls';
 import type { LimitsConfig } from '../../config/schema.js';
 import { MeshError } from '../../errors/table.js';
 import type { Exchange, ExchangeRecorder } from '../../telemetry/exchange.js';
+import type { Logger } from '../../telemetry/logger.js';
+import type { MeshMetrics } from '../../telemetry/metrics.js';
 import type { MeshIdentity } from '../../tls/identity.js';
 import { isAllowed, spiffeIdOf } from '../../tls/spiffe.js';
 import { PEER_IDENTITY_HEADER, readRequestHead } from '../headers.js';
@@ -23,6 +25,8 @@ export interface InboundOptions {
   /** The local app, as a single-endpoint cluster. */
   app: Cluster;
   draining: () => boolean;
+  metrics: MeshMetrics;
+  logger: Logger;
 }
 
 /** The caller's verified identity, read once per TLS connection rather than once per request. */
@@ -65,6 +69,13 @@ export function createInboundServer(options: InboundOptions): https.Server {
       proxy({ req, res, cluster: app, head, path: req.url ?? '/', hashKey: undefined, exchange }, limits, recorder, options.draining);
     },
   );
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+    // With TLS 1.3 the client's certificate is judged after the handshake's last flight, so the
+    // error is a bare reset; the verdict itself is on the socket.
+    const reason = String(socket.authorizationError ?? err.code ?? 'handshake_failed');
+    options.metrics.handshakeFailures.labels(reason).inc();
+    options.logger.info({ reason, remote: socket.remoteAddress }, 'inbound mTLS handshake refused');
+  });
   // Rotation: new handshakes use the new certificate; open connections keep theirs.
   identity.on('rotated', () => server.setSecureContext({ ...identity.serverOptions(), minVersion: 'TLSv1.3' }));
   answerClientErrors(server, (err) => recorder.record(clientErrorExchange('inbound'), app.name, err.status, err.code, undefined, 0));

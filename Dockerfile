@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# Build stage: compile TypeScript with the dev toolchain.
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+COPY xds ./xds
+RUN npm run build && npm prune --omit=dev
+
+# Runtime stage: Node and the production dependencies only, as uid 1337 (the uid the
+# interception rules exclude, so the sidecar's own traffic is not redirected back to it).
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /opt/ctxmesh
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist ./dist
+RUN groupadd --gid 1337 ctxmesh && useradd --uid 1337 --gid 1337 --no-create-home --shell /usr/sbin/nologin ctxmesh
+USER 1337:1337
+EXPOSE 15000 15001 15006 15020
+ENTRYPOINT ["node", "/opt/ctxmesh/dist/src/cli/main.js"]
+CMD ["sidecar", "-c", "/etc/ctxmesh/sidecar.yaml"]
