@@ -24,13 +24,25 @@ export function serverOptions(limits: LimitsConfig): ServerOptions {
   };
 }
 
-/** Malformed or too-large request heads never reach a handler: answer them here and close. */
+/** Malformed, too-large or too-slow request heads never reach a handler: answer them here and close. */
 export function answerClientErrors(server: Server, onError: (err: MeshError) => void): void {
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    const failure =
-      err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new MeshError('request_timeout') : toMeshError(err);
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex & { _httpMessage?: ServerResponse | null }) => {
+    const code = err.code ?? '';
+    // Only a request the parser rejected (HPE_*) or whose head came too slowly is answered and
+    // counted. Anything else is the connection itself failing: a reset, or — https.Server
+    // reports them here too — a TLS handshake refused or timed out, where there is no request
+    // to count and bytes written would not even be inside TLS.
+    if (code !== 'ERR_HTTP_REQUEST_TIMEOUT' && !code.startsWith('HPE_')) {
+      socket.destroy();
+      return;
+    }
+    const failure = code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new MeshError('request_timeout') : toMeshError(err);
     onError(failure);
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // A malformed *body* arrives while its request's response may already be on the wire (node
+    // keeps it in `_httpMessage`, and checks it the same way when no listener is set): a status
+    // line written now would land in the middle of that response, so cutting it short is all
+    // that is left.
+    if (!socket.writable || socket._httpMessage?.headersSent) {
       socket.destroy();
       return;
     }

@@ -12,12 +12,20 @@ export type TryOutcome = (failure?: Error) => void;
 const ignore = (): void => {};
 
 export class EndpointBreaker {
-  private readonly breaker: CircuitBreaker<[Promise<void>], void>;
+  private breaker: CircuitBreaker<[Promise<void>], void>;
 
-  constructor(config: CircuitBreakerConfig, onStateChange: (state: BreakerState) => void) {
+  constructor(
+    private readonly config: CircuitBreakerConfig,
+    private readonly onStateChange: (state: BreakerState) => void,
+  ) {
+    this.breaker = this.createBreaker();
+  }
+
+  private createBreaker(): CircuitBreaker<[Promise<void>], void> {
+    const { config, onStateChange } = this;
     // The action is the try itself: the proxy settles the promise it passes to `fire`, so opossum
     // only counts outcomes. Timeouts are the deadline interceptor's job, not the breaker's.
-    this.breaker = new CircuitBreaker((outcome: Promise<void>) => outcome, {
+    const breaker = new CircuitBreaker((outcome: Promise<void>) => outcome, {
       timeout: false,
       errorThresholdPercentage: config.errorThresholdPercentage,
       volumeThreshold: config.volumeThreshold,
@@ -26,9 +34,18 @@ export class EndpointBreaker {
       rollingCountBuckets: 10,
       enableSnapshots: false,
     });
-    this.breaker.on('open', () => onStateChange('open'));
-    this.breaker.on('halfOpen', () => onStateChange('half_open'));
-    this.breaker.on('close', () => onStateChange('closed'));
+    breaker.on('open', () => onStateChange('open'));
+    breaker.on('halfOpen', () => onStateChange('half_open'));
+    // opossum keeps its rolling window across a close: the failures that opened the breaker would
+    // still count, and the first failure after recovery would open it again whatever the failure
+    // rate since. A closed breaker starts from an empty window instead (as Hystrix and gobreaker
+    // do), so it is replaced by a fresh one; tries still in flight settle on the old one unheard.
+    breaker.on('close', () => {
+      breaker.shutdown();
+      this.breaker = this.createBreaker();
+      onStateChange('closed');
+    });
+    return breaker;
   }
 
   get state(): BreakerState {

@@ -61,8 +61,9 @@ class GuardedTryHandler extends ForwardingHandler {
   private settle(failure: Error | undefined): void {
     if (this.settled) return;
     this.settled = true;
-    // A try abandoned because the client left is no evidence against the endpoint.
-    if (this.call.cancelled) failure = undefined;
+    // A try abandoned because the client left, or cut short by the client's own request (a body
+    // over the limit, a malformed body: a 4xx mesh error), is no evidence against the endpoint.
+    if (this.call.cancelled || (failure instanceof MeshError && failure.status < 500)) failure = undefined;
     this.outcome(failure);
     if (failure) this.call.cluster.outliers.recordFailure(this.endpoint);
     else this.call.cluster.outliers.recordSuccess(this.endpoint);

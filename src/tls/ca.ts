@@ -11,7 +11,15 @@ import { mkdir, readFile, rename, writeFile, access } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import forge from 'node-forge';
+import type Forge from 'node-forge';
+
+// node-forge weighs ~11 MB of resident memory; only issuing needs it, so a sidecar (which loads
+// this module's constants and types) never pays for it.
+let forgeModule: typeof Forge | undefined;
+async function loadForge(): Promise<typeof Forge> {
+  forgeModule ??= (await import('node-forge')).default;
+  return forgeModule;
+}
 import { spiffeIdOf, trustDomainOf } from './spiffe.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'ctxmesh.local';
@@ -139,12 +147,13 @@ function validateTtl(ttlMs: number, what: string): number {
   return ttlMs;
 }
 
-function pemToForgePrivateKey(pem: string): forge.pki.rsa.PrivateKey {
-  return forge.pki.privateKeyFromPem(pem) as forge.pki.rsa.PrivateKey;
+function pemToForgePrivateKey(forge: typeof Forge, pem: string): Forge.pki.rsa.PrivateKey {
+  return forge.pki.privateKeyFromPem(pem) as Forge.pki.rsa.PrivateKey;
 }
 
 /** Builds a self-signed CA in memory; `initCa` is this plus the files. */
 export async function createCaPem(options: CreateCaOptions = {}): Promise<CaPem> {
+  const forge = await loadForge();
   const trustDomain = validateTrustDomain(options.trustDomain ?? DEFAULT_TRUST_DOMAIN);
   const ttlMs = validateTtl(options.ttlMs ?? DEFAULT_CA_TTL_MS, 'CA TTL');
   const now = options.now ?? new Date();
@@ -167,7 +176,7 @@ export async function createCaPem(options: CreateCaOptions = {}): Promise<CaPem>
     { name: 'subjectKeyIdentifier' },
     { name: 'subjectAltName', altNames: [{ type: 6, value: `spiffe://${trustDomain}` }] },
   ]);
-  cert.sign(pemToForgePrivateKey(privateKeyPem), forge.md.sha256.create());
+  cert.sign(pemToForgePrivateKey(forge, privateKeyPem), forge.md.sha256.create());
   return { caCert: forge.pki.certificateToPem(cert), caKey: privateKeyPem, trustDomain };
 }
 
@@ -197,17 +206,18 @@ export async function initCa(opts: {
 export async function issueCertPem(
   options: LeafOptions & { caCertPem: string; caKeyPem: string },
 ): Promise<IssuedCert> {
+  const forge = await loadForge();
   const { caCertPem, caKeyPem } = options;
   if (!PATH_SEGMENT_PATTERN.test(options.name)) {
     throw new CaError('invalid_request', `invalid name "${options.name}" (letters, digits, '.', '-' and '_' only)`);
   }
   let caX509: X509Certificate;
-  let caForgeCert: forge.pki.Certificate;
-  let caForgeKey: forge.pki.rsa.PrivateKey;
+  let caForgeCert: Forge.pki.Certificate;
+  let caForgeKey: Forge.pki.rsa.PrivateKey;
   try {
     caX509 = new X509Certificate(caCertPem);
     caForgeCert = forge.pki.certificateFromPem(caCertPem);
-    caForgeKey = pemToForgePrivateKey(caKeyPem);
+    caForgeKey = pemToForgePrivateKey(forge, caKeyPem);
   } catch (err) {
     throw new CaError('ca_unavailable', `cannot parse the CA: ${(err as Error).message}`, { cause: err });
   }
@@ -263,7 +273,7 @@ export async function issueCertPem(
     { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
     { name: 'subjectKeyIdentifier' },
     // forge's `keyIdentifier: true` would hash the *leaf's* key; the AKI must name the issuer's.
-    { name: 'authorityKeyIdentifier', keyIdentifier: forge.util.hexToBytes(authorityKeyIdHex(caForgeCert)) },
+    { name: 'authorityKeyIdentifier', keyIdentifier: forge.util.hexToBytes(authorityKeyIdHex(forge, caForgeCert)) },
     {
       name: 'subjectAltName',
       altNames: [
@@ -310,7 +320,7 @@ function defaultSpiffeId(caCert: X509Certificate, name: string): string {
   return `spiffe://${trustDomain}/ns/default/sa/${name}`;
 }
 
-function authorityKeyIdHex(caCert: forge.pki.Certificate): string {
+function authorityKeyIdHex(forge: typeof Forge, caCert: Forge.pki.Certificate): string {
   // Prefer the CA's declared SKI: a CA made elsewhere may have derived it differently.
   const declared = caCert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | null;
   return declared?.subjectKeyIdentifier ?? caCert.generateSubjectKeyIdentifier().toHex();

@@ -169,3 +169,98 @@ export async function until(predicate: () => boolean | Promise<boolean>, timeout
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+// --- Resilience and load-balancing helpers (admin state, metrics, holding apps, dead ports) ---
+
+/** One endpoint as `GET /clusters` describes it. */
+export interface EndpointStatus {
+  address: string;
+  priority: number;
+  healthy: boolean;
+  active_requests: number;
+  circuit_breaker: 'closed' | 'open' | 'half_open';
+  ejected: boolean;
+  times_ejected: number;
+  consecutive_failures: number;
+}
+
+/** One cluster as `GET /clusters` describes it. */
+export interface ClusterStatus {
+  name: string;
+  active_requests: number;
+  pending_requests: number;
+  active_retries: number;
+  endpoints: EndpointStatus[];
+}
+
+/** A cluster's entry in the admin API's `GET /clusters`. */
+export async function clusterStatus(admin: string, cluster: string): Promise<ClusterStatus> {
+  const reply = await send(admin, '/clusters');
+  const { clusters } = JSON.parse(reply.body) as { clusters: ClusterStatus[] };
+  const found = clusters.find((c) => c.name === cluster);
+  if (!found) throw new Error(`no cluster ${cluster} in /clusters`);
+  return found;
+}
+
+/** An endpoint's entry in the admin API's `GET /clusters`. */
+export async function endpointStatus(admin: string, cluster: string, address: string): Promise<EndpointStatus> {
+  const found = (await clusterStatus(admin, cluster)).endpoints.find((e) => e.address === address);
+  if (!found) throw new Error(`no endpoint ${address} in cluster ${cluster}`);
+  return found;
+}
+
+/** The value of one Prometheus sample from `GET /metrics` whose labels include `labels`; undefined when absent. */
+export async function metricValue(admin: string, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+  const text = (await send(admin, '/metrics')).body;
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const found: Record<string, string> = {};
+    for (const [, key, value] of (match[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) found[key!] = value!;
+    if (Object.entries(labels).every(([key, value]) => found[key] === value)) return Number(match[3]);
+  }
+  return undefined;
+}
+
+export interface HoldingApp extends TestApp {
+  /** Responses of requests that arrived and are held open, oldest first. */
+  held: ServerResponse[];
+  /** Answers every held request with 200 and `{ app: name }`. */
+  releaseAll(): void;
+}
+
+/** A real HTTP app that holds every request open until `releaseAll` (or `close`). */
+export async function startHoldingApp(name: string): Promise<HoldingApp> {
+  const held: ServerResponse[] = [];
+  const app = await startApp(name, (_req, res) => held.push(res));
+  return Object.assign(app, {
+    held,
+    releaseAll() {
+      for (const res of held.splice(0)) {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ app: name }));
+      }
+    },
+  });
+}
+
+/** host:port of a port that was bound and then released: connecting to it is refused. */
+export async function deadAddress(): Promise<string> {
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return `127.0.0.1:${port}`;
+}
+
+/**
+ * A value of the ring_hash header whose owner (first endpoint clockwise on the ketama ring over
+ * `addresses`, as the RingHashBalancer builds it) is `owner`.
+ */
+export function keyOwnedBy(addresses: readonly string[], owner: string, prefix = 'key'): string {
+  const ring = new HashRing([...addresses]);
+  for (let i = 0; i < 10_000; i++) if (ring.get(`${prefix}-${i}`) === owner) return `${prefix}-${i}`;
+  throw new Error(`no key owned by ${owner}`);
+}
+// Import declarations are hoisted; this one sits with the helpers that use it.
+import HashRing from 'hashring';

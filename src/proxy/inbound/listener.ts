@@ -49,6 +49,9 @@ export function createInboundServer(options: InboundOptions): https.Server {
       requestCert: true,
       rejectUnauthorized: true,
       ALPNProtocols: ['http/1.1'],
+      // The head timeout starts only once the handshake is done; without this a peer that opens
+      // TCP and never says hello holds a socket (and any drain) for node's default 120s.
+      handshakeTimeout: limits.headersTimeout,
     },
     (req: IncomingMessage, res: ServerResponse) => {
       const peer = peerIdentityOf(req.socket as TLSSocket);

@@ -2,7 +2,7 @@
 // own certificate, verified against the mesh CA; the peer is dialled by IP, so its identity is
 // checked by SPIFFE trust domain rather than by host name.
 import tls from 'node:tls';
-import { buildConnector } from 'undici';
+import { buildConnector, type Connector } from './undici.js';
 import { MeshError } from '../../errors/table.js';
 import type { MeshIdentity } from '../../tls/identity.js';
 import { checkMeshServerIdentity } from '../../tls/spiffe.js';
@@ -11,11 +11,11 @@ const TCP_KEEPALIVE_INITIAL_DELAY_MS = 60_000;
 /** TLS sessions kept per peer address, for resumption when a pool opens a new connection. */
 const MAX_CACHED_SESSIONS = 100;
 
-export function plainConnector(connectTimeoutMs: number): buildConnector.connector {
+export function plainConnector(connectTimeoutMs: number): Connector {
   return buildConnector({ timeout: connectTimeoutMs, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_INITIAL_DELAY_MS });
 }
 
-export function meshConnector(identity: MeshIdentity, connectTimeoutMs: number): buildConnector.connector {
+export function meshConnector(identity: MeshIdentity, connectTimeoutMs: number): Connector {
   const sessions = new Map<string, Buffer>();
   return (options, callback) => {
     const peer = `${options.hostname}:${options.port}`;

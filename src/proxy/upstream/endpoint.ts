@@ -1,6 +1,6 @@
 // One upstream endpoint: its connection pool, its breaker, its outlier state, its load.
-import { Pool } from 'undici';
-import type { buildConnector } from 'undici';
+import { Pool } from './undici.js';
+import type { Connector } from './undici.js';
 import type { ClusterConfig, EndpointConfig } from '../../config/schema.js';
 import { EndpointBreaker, type BreakerState } from '../../resilience/circuit-breaker.js';
 import { OutlierState } from '../../resilience/outlier-detection.js';
@@ -18,7 +18,7 @@ export class Endpoint {
   constructor(
     config: EndpointConfig,
     cluster: ClusterConfig,
-    connector: buildConnector.connector,
+    connector: Connector,
     onBreakerChange: (endpoint: Endpoint, state: BreakerState) => void,
   ) {
     this.address = config.address;
