@@ -29,10 +29,7 @@ export function registerCerts(program: Command): void {
     .description('development CA: create a mesh CA and issue SPIFFE certificates for sidecars')
     .configureOutput({
       outputError: (message, write) => write(`ctxmesh certs: ${message.replace(/^error: /, '')}`),
-    })
-    // Commander exits 1 on a bad command line; ctxmesh reserves 1 for failures and uses 2 here.
-    // Set before the subcommands are added, which inherit it.
-    .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE));
+    });
 
   certs
     .command('init')

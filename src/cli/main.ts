@@ -6,10 +6,15 @@ import { registerDemo } from './demo.js';
 import { registerSidecar } from './sidecar.js';
 import { VERSION } from './version.js';
 
+const EXIT_USAGE = 2;
+
 const program = new Command('ctxmesh')
   .description('A service-mesh sidecar with a local state agent for AI services: routing follows context.')
   .version(VERSION)
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Commander exits 1 on a bad command line; ctxmesh keeps 1 for failures and uses 2 for usage
+  // errors, as for invalid config. Set before the verbs are added, which inherit it.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE));
 
 registerSidecar(program);
 registerCerts(program);

@@ -118,5 +118,6 @@ function setPath(doc: Record<string, unknown>, path: (string | number)[], value:
 
 export function loadSidecarConfig(file: string, env: NodeJS.ProcessEnv = process.env): SidecarConfig {
   const raw = applyEnvOverrides(readYamlFile(file), SidecarConfigSchema, env);
-  return parseWithSchema(SidecarConfigSchema, raw, file);
+  const overridden = Object.keys(env).some((name) => name.startsWith(ENV_PREFIX));
+  return parseWithSchema(SidecarConfigSchema, raw, overridden ? `${file} (with ${ENV_PREFIX}* overrides)` : file);
 }

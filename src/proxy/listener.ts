@@ -58,6 +58,21 @@ function reason(status: number): string {
   return { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
 }
 
+/**
+ * `Expect: 100-continue`: node would invite the body at once; instead a declared length over the
+ * limit is refused (413, by the request handler) before the client sends a byte of it.
+ */
+export function continueWithinLimits(
+  server: Server,
+  limits: LimitsConfig,
+  onRequest: (req: IncomingMessage, res: ServerResponse) => void,
+): void {
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if (!(Number(req.headers['content-length']) > limits.maxBodyBytes)) res.writeContinue();
+    onRequest(req, res);
+  });
+}
+
 export interface ProxyRequest {
   req: IncomingMessage;
   res: ServerResponse;

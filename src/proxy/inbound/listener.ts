@@ -13,7 +13,7 @@ import type { MeshMetrics } from '../../telemetry/metrics.js';
 import type { MeshIdentity } from '../../tls/identity.js';
 import { isAllowed, spiffeIdOf } from '../../tls/spiffe.js';
 import { PEER_IDENTITY_HEADER, readRequestHead } from '../headers.js';
-import { answerClientErrors, fail, proxy, serverOptions } from '../listener.js';
+import { answerClientErrors, continueWithinLimits, fail, proxy, serverOptions } from '../listener.js';
 import { clientErrorExchange } from '../outbound/listener.js';
 import type { Cluster } from '../upstream/cluster.js';
 
@@ -41,6 +41,25 @@ function peerIdentityOf(socket: TLSSocket): string | undefined {
 
 export function createInboundServer(options: InboundOptions): https.Server {
   const { limits, recorder, app, identity } = options;
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const peer = peerIdentityOf(req.socket as TLSSocket);
+    const head = readRequestHead(req.rawHeaders);
+    const exchange: Exchange = {
+      direction: 'inbound',
+      method: req.method ?? 'GET',
+      authority: head.host,
+      path: req.url ?? '/',
+      startedAt: performance.now(),
+      peer,
+    };
+    if (!isAllowed(peer, options.allow)) {
+      const refused = new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not allowed`);
+      fail(res, exchange, recorder, app.name, refused, head.contentLength > 0 || head.chunked);
+      return;
+    }
+    head.headers.push(PEER_IDENTITY_HEADER, peer!);
+    proxy({ req, res, cluster: app, head, path: req.url ?? '/', hashKey: undefined, exchange }, limits, recorder, options.draining);
+  };
   const server = https.createServer(
     {
       ...serverOptions(limits),
@@ -53,25 +72,9 @@ export function createInboundServer(options: InboundOptions): https.Server {
       // TCP and never says hello holds a socket (and any drain) for node's default 120s.
       handshakeTimeout: limits.headersTimeout,
     },
-    (req: IncomingMessage, res: ServerResponse) => {
-      const peer = peerIdentityOf(req.socket as TLSSocket);
-      const head = readRequestHead(req.rawHeaders);
-      const exchange: Exchange = {
-        direction: 'inbound',
-        method: req.method ?? 'GET',
-        authority: head.host,
-        path: req.url ?? '/',
-        startedAt: performance.now(),
-        peer,
-      };
-      if (!isAllowed(peer, options.allow)) {
-        fail(res, exchange, recorder, app.name, new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not allowed`), head.contentLength > 0 || head.chunked);
-        return;
-      }
-      head.headers.push(PEER_IDENTITY_HEADER, peer!);
-      proxy({ req, res, cluster: app, head, path: req.url ?? '/', hashKey: undefined, exchange }, limits, recorder, options.draining);
-    },
+    onRequest,
   );
+  continueWithinLimits(server, limits, onRequest);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
     // With TLS 1.3 the client's certificate is judged after the handshake's last flight, so the
     // error is a bare reset; the verdict itself is on the socket.

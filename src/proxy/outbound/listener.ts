@@ -7,7 +7,7 @@ import type { LimitsConfig } from '../../config/schema.js';
 import { MeshError } from '../../errors/table.js';
 import type { Exchange, ExchangeRecorder } from '../../telemetry/exchange.js';
 import { headerValue, readRequestHead } from '../headers.js';
-import { answerClientErrors, fail, proxy, serverOptions } from '../listener.js';
+import { answerClientErrors, continueWithinLimits, fail, proxy, serverOptions } from '../listener.js';
 import type { Router } from './router.js';
 
 export interface OutboundOptions {
@@ -21,7 +21,7 @@ export interface OutboundOptions {
 
 export function createOutboundServer(options: OutboundOptions): http.Server {
   const { limits, recorder } = options;
-  const server = http.createServer(serverOptions(limits), (req: IncomingMessage, res: ServerResponse) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const target = splitTarget(req.url ?? '/');
     const head = readRequestHead(req.rawHeaders);
     const authority = target.authority ?? head.host;
@@ -41,7 +41,9 @@ export function createOutboundServer(options: OutboundOptions): http.Server {
     const hashKey = cluster.config.lb === 'ring_hash' ? headerValue(req.rawHeaders, cluster.config.hashHeader) : undefined;
     if (target.authority) setHost(head.headers, target.authority);
     proxy({ req, res, cluster, head, path: target.path, hashKey, exchange }, limits, recorder, options.draining);
-  });
+  };
+  const server = http.createServer(serverOptions(limits), onRequest);
+  continueWithinLimits(server, limits, onRequest);
   answerClientErrors(server, (err) => recorder.record(clientErrorExchange('outbound'), '-', err.status, err.code, undefined, 0));
   return server;
 }
