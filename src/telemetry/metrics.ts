@@ -1,7 +1,9 @@
 // Prometheus metrics. Each sidecar owns a Registry (not prom-client's global one), so several
-// sidecars can live in one process, as they do in tests and the demo. Label children are cached:
-// resolving labels by object on every request costs more than the request's own bookkeeping.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+// sidecars can live in one process, as they do in tests and the demo. Per-request figures live in
+// RequestStats; the rest change rarely (retries, ejections, breaker transitions) and use
+// prom-client directly.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { RequestStats } from './request-stats.js';
 
 const LATENCY_BUCKETS_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -9,18 +11,10 @@ export type Direction = 'inbound' | 'outbound';
 
 export class MeshMetrics {
   readonly registry = new Registry();
-  readonly requests = new Counter({
-    name: 'ctxmesh_requests_total',
-    help: 'Requests handled by the proxy, by direction, cluster, response status and mesh error code.',
-    labelNames: ['direction', 'cluster', 'status', 'error'] as const,
-    registers: [this.registry],
-  });
-  readonly latency = new Histogram({
-    name: 'ctxmesh_request_duration_seconds',
-    help: 'Time from the request head to the end of the response, by direction and cluster.',
-    labelNames: ['direction', 'cluster'] as const,
-    buckets: LATENCY_BUCKETS_SECONDS,
-    registers: [this.registry],
+  /** ctxmesh_requests_total and ctxmesh_request_duration_seconds, kept off prom-client's hot path. */
+  readonly requests = new RequestStats(this.registry, LATENCY_BUCKETS_SECONDS, {
+    requests: 'ctxmesh_requests_total',
+    latency: 'ctxmesh_request_duration_seconds',
   });
   readonly retries = new Counter({
     name: 'ctxmesh_upstream_retries_total',
@@ -72,8 +66,6 @@ export class MeshMetrics {
     registers: [this.registry],
   });
 
-  private readonly requestChildren = new Map<string, { inc(): void }>();
-  private readonly latencyChildren = new Map<string, { observe(v: number): void }>();
   private readonly collectors: Array<() => void> = [];
 
   constructor() {
@@ -81,20 +73,7 @@ export class MeshMetrics {
   }
 
   recordRequest(direction: Direction, cluster: string, status: number, error: string | undefined, seconds: number): void {
-    const key = `${direction}\0${cluster}\0${status}\0${error ?? ''}`;
-    let counter = this.requestChildren.get(key);
-    if (!counter) {
-      counter = this.requests.labels(direction, cluster, String(status), error ?? '');
-      this.requestChildren.set(key, counter);
-    }
-    counter.inc();
-    const latencyKey = `${direction}\0${cluster}`;
-    let histogram = this.latencyChildren.get(latencyKey);
-    if (!histogram) {
-      histogram = this.latency.labels(direction, cluster);
-      this.latencyChildren.set(latencyKey, histogram);
-    }
-    histogram.observe(seconds);
+    this.requests.of(direction, cluster).record(status, error, seconds);
   }
 
   /** Registers a function that refreshes gauges from live state just before a scrape. */

@@ -42,8 +42,10 @@ class HeadersTimeoutHandler extends ForwardingHandler {
   override onRequestStart(controller: DispatchController, context: unknown): void {
     // Armed when undici writes the request, as its own headers timeout is: a wait for a free
     // connection is bounded by maxPendingRequests, the connect itself by connectTimeout.
+    // Not unref'd: the timer is always cleared or fires, and toggling a handle's ref count costs
+    // a call into the runtime on every request.
     const ms = headersTimeoutMs(this.call);
-    this.timer = setTimeout(() => controller.abort(new MeshError('upstream_timeout', `no response headers within ${ms}ms`)), ms).unref();
+    this.timer = setTimeout(() => controller.abort(new MeshError('upstream_timeout', `no response headers within ${ms}ms`)), ms);
     super.onRequestStart(controller, context);
   }
 
