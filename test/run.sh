@@ -12,7 +12,10 @@ if [ -f test-results.json ]; then
   node -e '
     const r = require("./test-results.json");
     const skipped = r.numPendingTests + (r.numTodoTests || 0);
-    console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+    // An error outside any test (an unhandled rejection, a failed suite) fails the run without
+    // failing a test; it counts here, so the line never says 0 failed for a red run.
+    const failed = r.numFailedTests + (!r.success && r.numFailedTests === 0 ? 1 : 0);
+    console.log(`${r.numPassedTests} passed, ${failed} failed` + (skipped ? `, ${skipped} skipped` : ""));
   '
 else
   echo "0 passed, 1 failed"
