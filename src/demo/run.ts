@@ -6,6 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pino from 'pino';
 import { Agent, request } from 'undici';
 import { SidecarConfigSchema } from '../config/schema.js';
 import { Sidecar } from '../sidecar.js';
@@ -71,7 +72,7 @@ async function startMesh(gatewayPort: number): Promise<Mesh> {
     return { cert: join(dir, name, 'cert.pem'), key: join(dir, name, 'key.pem'), ca: join(dir, name, 'ca.pem') };
   };
   // Sidecar logs go to a file so that the console shows the story, not every line.
-  const logger = createLogger({ level: 'info', destination: (await import('pino')).default.destination({ dest: join(dir, 'mesh.log'), sync: false, mkdir: true }) });
+  const logger = createLogger({ level: 'info', destination: pino.destination({ dest: join(dir, 'mesh.log'), sync: false, mkdir: true }) });
 
   const services = SERVICE_NAMES.map((name) => new SampleService(name));
   const sidecars: Sidecar[] = [];
@@ -123,7 +124,7 @@ async function stopMesh(mesh: Mesh): Promise<void> {
   await Promise.all([mesh.gateway, ...mesh.sidecars].map((s) => s.close()));
   await Promise.all(mesh.services.map((s) => s.close()));
   await client.close();
-  if (!process.env.KEEP) rmSync(mesh.dir, { recursive: true, force: true });
+  rmSync(mesh.dir, { recursive: true, force: true });
 }
 
 const client = new Agent({ connections: 8 });

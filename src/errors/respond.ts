@@ -1,6 +1,7 @@
 // Writes a mesh-generated error response: the status from the table, `x-ctxmesh-error`, a small
 // JSON body. The only place the proxy turns an error into a response.
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { ERROR_HEADER, errorBody, type MeshError } from './table.js';
 
 export function sendError(res: ServerResponse, err: MeshError, options: { close?: boolean } = {}): void {
@@ -18,4 +19,17 @@ export function sendError(res: ServerResponse, err: MeshError, options: { close?
   if (options.close) headers.push('connection', 'close');
   res.writeHead(err.status, headers);
   res.end(body);
+}
+
+/**
+ * The same response written straight to a socket, for requests node's parser refused before any
+ * ServerResponse existed (malformed or oversized heads, heads that came too slowly). The
+ * connection is closed after it: the parser's state is unknown.
+ */
+export function sendErrorOnSocket(socket: Duplex, err: MeshError): void {
+  const body = errorBody(err);
+  socket.end(
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\ncontent-type: application/json\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${err.code}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }

@@ -56,6 +56,7 @@ export function toMeshError(err: unknown): MeshError {
   const message = (err as Error | null)?.message;
   if (CONNECT_CODES.has(code) || code.startsWith('ERR_SSL_')) return new MeshError('connect_failure', message, { cause: err });
   if (TIMEOUT_CODES.has(code)) return new MeshError('upstream_timeout', message, { cause: err });
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return new MeshError('request_timeout', undefined, { cause: err });
   if (code === 'HPE_HEADER_OVERFLOW') return new MeshError('headers_too_large', undefined, { cause: err });
   if (code.startsWith('HPE_')) return new MeshError('bad_request', message, { cause: err });
   if (code.startsWith('UND_ERR_') || code.startsWith('E')) return new MeshError('upstream_reset', message, { cause: err });

@@ -3,8 +3,8 @@
 import type { IncomingMessage, Server, ServerOptions, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { LimitsConfig } from '../config/schema.js';
-import { sendError } from '../errors/respond.js';
-import { ERROR_HEADER, MeshError, errorBody, toMeshError } from '../errors/table.js';
+import { sendError, sendErrorOnSocket } from '../errors/respond.js';
+import { MeshError, toMeshError } from '../errors/table.js';
 import type { Exchange, ExchangeRecorder } from '../telemetry/exchange.js';
 import { limitBody } from './body-limit.js';
 import type { RequestHead } from './headers.js';
@@ -36,7 +36,7 @@ export function answerClientErrors(server: Server, onError: (err: MeshError) => 
       socket.destroy();
       return;
     }
-    const failure = code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new MeshError('request_timeout') : toMeshError(err);
+    const failure = toMeshError(err);
     onError(failure);
     // A malformed *body* arrives while its request's response may already be on the wire (node
     // keeps it in `_httpMessage`, and checks it the same way when no listener is set): a status
@@ -46,16 +46,8 @@ export function answerClientErrors(server: Server, onError: (err: MeshError) => 
       socket.destroy();
       return;
     }
-    const body = errorBody(failure);
-    socket.end(
-      `HTTP/1.1 ${failure.status} ${reason(failure.status)}\r\ncontent-type: application/json\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${failure.code}\r\nconnection: close\r\n\r\n${body}`,
-    );
+    sendErrorOnSocket(socket, failure);
   });
-}
-
-function reason(status: number): string {
-  return { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
 }
 
 /**
