@@ -3,6 +3,8 @@
 import { Command } from 'commander';
 import { registerCerts } from './certs.js';
 import { registerDemo } from './demo.js';
+import { registerInject } from './inject.js';
+import { registerIptables } from './iptables.js';
 import { registerSidecar } from './sidecar.js';
 import { VERSION } from './version.js';
 
@@ -19,5 +21,7 @@ const program = new Command('ctxmesh')
 registerSidecar(program);
 registerCerts(program);
 registerDemo(program);
+registerIptables(program);
+registerInject(program);
 
 await program.parseAsync(process.argv);
