@@ -714,47 +714,39 @@ scen_haproxy() {
   stop_started "$pid"
 }
 
-scen_naive() {
-  local label="naive Node proxy" pid
-  say "[round $1/$ROUNDS] 6. naive Node proxy (node:http + keep-alive Agent), node $(node --version)"
+# A scenario that is one Node process on the proxy core: start it, wait for it, measure, stop it.
+scen_node_process() { # scen_node_process ROUND KEY LABEL PORT TITLE script args...
+  local round="$1" key="$2" label="$3" port="$4" title="$5" pid; shift 5
+  say "[round $round/$ROUNDS] $title"
   ensure_origin
-  start_bg naive "$PROXY_CPU" "$TMP/logs/naive.out" node "$HERE/naive-proxy.mjs" --listen "127.0.0.1:$P_NAIVE" --upstream "127.0.0.1:$P_UPSTREAM"
+  start_bg "$key" "$PROXY_CPU" "$TMP/logs/$key.out" node "$@"
   pid=$LAST_PID
-  if wait_http "http://127.0.0.1:$P_NAIVE/" "$pid"; then
-    run_wrk naive "$label" "http://127.0.0.1:$P_NAIVE/" "naive:$pid" || true
+  if wait_http "http://127.0.0.1:$port/" "$pid"; then
+    run_wrk "$key" "$label" "http://127.0.0.1:$port/" "$key:$pid" || true
   else
-    record_skip naive "$label" failed "naive proxy did not start"
+    record_skip "$key" "$label" failed "$key did not start"
   fi
   stop_started "$pid"
+}
+
+scen_naive() {
+  scen_node_process "$1" naive "naive Node proxy" "$P_NAIVE" \
+    "6. naive Node proxy (node:http + keep-alive Agent), node $(node --version)" \
+    "$HERE/naive-proxy.mjs" --listen "127.0.0.1:$P_NAIVE" --upstream "127.0.0.1:$P_UPSTREAM"
 }
 
 # The floor of a Node proxy, measured beside ctxmesh so that the gap to nginx can be split into
 # what Node's HTTP stack costs and what ctxmesh adds on top of it.
 scen_floor() {
-  local label="floor: node:http + undici Pool, no features" pid
-  say "[round $1/$ROUNDS] 7. floor proxy (node:http server + undici Pool, nothing else)"
-  ensure_origin
-  start_bg floor "$PROXY_CPU" "$TMP/logs/floor.out" node "$HERE/floor-proxy.mjs" --port "$P_FLOOR" --upstream "127.0.0.1:$P_UPSTREAM"
-  pid=$LAST_PID
-  if wait_http "http://127.0.0.1:$P_FLOOR/" "$pid"; then
-    run_wrk floor "$label" "http://127.0.0.1:$P_FLOOR/" "floor:$pid" || true
-  else
-    record_skip floor "$label" failed "floor proxy did not start"
-  fi
-  stop_started "$pid"
+  scen_node_process "$1" floor "floor: node:http + undici Pool, no features" "$P_FLOOR" \
+    "7. floor proxy (node:http server + undici Pool, nothing else)" \
+    "$HERE/floor-proxy.mjs" --port "$P_FLOOR" --upstream "127.0.0.1:$P_UPSTREAM"
 }
 
 scen_node_origin() {
-  local label="floor: bare node:http server (server half only, no upstream)" pid
-  say "[round $1/$ROUNDS] 8. bare node:http server answering 1 KiB (on the proxy core)"
-  start_bg node-origin "$PROXY_CPU" "$TMP/logs/node-origin.out" node "$HERE/node-origin.mjs" --port "$P_NODE_ORIGIN" --body "$TMP/body.txt"
-  pid=$LAST_PID
-  if wait_http "http://127.0.0.1:$P_NODE_ORIGIN/" "$pid"; then
-    run_wrk node-origin "$label" "http://127.0.0.1:$P_NODE_ORIGIN/" "node-origin:$pid" || true
-  else
-    record_skip node-origin "$label" failed "node server did not start"
-  fi
-  stop_started "$pid"
+  scen_node_process "$1" node-origin "floor: bare node:http server (server half only, no upstream)" "$P_NODE_ORIGIN" \
+    "8. bare node:http server answering 1 KiB (on the proxy core)" \
+    "$HERE/node-origin.mjs" --port "$P_NODE_ORIGIN" --body "$TMP/body.txt"
 }
 
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
