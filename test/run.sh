@@ -4,6 +4,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The transparent-interception test needs iptables (Debian's package); it skips, saying why,
+# where it cannot be installed.
+if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing iptables for the transparent-interception test"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables) >/dev/null 2>&1 \
+    || echo "could not install iptables; that test will skip"
+fi
+
 rm -f test-results.json
 npx vitest run "$@"
 status=$?

@@ -1,4 +1,127 @@
-// `ctxmesh iptables`: the init container's job (being built).
+// `ctxmesh iptables`: the init container's job, as istio-iptables. Installs (or with --cleanup
+// removes) the nat rules that send the pod's TCP traffic through the sidecar. Exit status 1 means
+// iptables failed (missing, not permitted, refused), 2 means the command line was wrong.
 import type { Command } from 'commander';
+import {
+  DEFAULT_INBOUND_PORT,
+  DEFAULT_OUTBOUND_PORT,
+  DEFAULT_PROXY_UID,
+  RulesError,
+  buildCleanupScript,
+  buildRestoreScript,
+  defaultOptions,
+  parseCidrList,
+  parsePort,
+  parsePortList,
+  type InterceptionOptions,
+} from '../interception/iptables-rules.js';
+import { IptablesError, applyInterception, cleanupInterception } from '../interception/iptables.js';
 
-export function registerIptables(_program: Command): void {}
+const EXIT_FAILURE = 1;
+const EXIT_USAGE = 2;
+
+interface IptablesFlags {
+  outboundPort: string;
+  inboundPort: string;
+  proxyUid: string;
+  proxyGid?: string;
+  excludeOutboundPorts?: string;
+  excludeInboundPorts?: string;
+  excludeOutboundCidrs?: string;
+  includeOutboundCidrs: string;
+  dryRun?: boolean;
+  cleanup?: boolean;
+}
+
+const EXAMPLES = `
+Traffic from every process except the proxy uid is redirected: outbound TCP to the outbound port,
+inbound TCP to the inbound port (the admin 15000 and context 15020 ports are never intercepted).
+Rules live in the nat chains CTXMESH_OUTPUT, CTXMESH_REDIRECT, CTXMESH_INBOUND and
+CTXMESH_IN_REDIRECT, jumped to from OUTPUT and PREROUTING. Installing again replaces them.
+Needs root (CAP_NET_ADMIN) in the pod's network namespace and the iptables package. IPv4 only.
+
+Examples:
+  ctxmesh iptables                                   # install with the defaults (15001, 15006, uid 1337)
+  ctxmesh iptables --dry-run                         # print the iptables-restore input, change nothing
+  ctxmesh iptables --proxy-uid 1337 --exclude-outbound-ports 5432,6379 \\
+                   --exclude-outbound-cidrs 169.254.169.254/32
+  ctxmesh iptables --include-outbound-cidrs 10.0.0.0/8 --exclude-inbound-ports 9090
+  ctxmesh iptables --cleanup                         # remove the chains and jumps (no-op if absent)
+  ctxmesh iptables --dry-run | iptables-restore --noflush   # by hand, on a pod without the rules
+`;
+
+export function registerIptables(program: Command): void {
+  program
+    .command('iptables')
+    .description("Install the nat rules that redirect the pod's TCP traffic through the sidecar (the init container's job).")
+    .option('--outbound-port <port>', "sidecar's outbound listener", String(DEFAULT_OUTBOUND_PORT))
+    .option('--inbound-port <port>', "sidecar's inbound (mTLS) listener", String(DEFAULT_INBOUND_PORT))
+    .option('--proxy-uid <uid>', "uid the sidecar runs as; its own traffic is never redirected", String(DEFAULT_PROXY_UID))
+    .option('--proxy-gid <gid>', 'gid the sidecar runs as (default: the proxy uid)')
+    .option('--exclude-outbound-ports <ports>', 'comma-separated destination ports (or lo:hi ranges) reached directly')
+    .option('--exclude-inbound-ports <ports>', 'comma-separated ports delivered to the app directly (15000 and 15020 always are)')
+    .option('--exclude-outbound-cidrs <cidrs>', 'comma-separated IPv4 CIDRs reached directly')
+    .option('--include-outbound-cidrs <cidrs>', 'comma-separated IPv4 CIDRs redirected to the sidecar', '0.0.0.0/0')
+    .option('--dry-run', 'print the rules (iptables-restore input) instead of applying them')
+    .option('--cleanup', 'remove the CTXMESH_* chains and the jumps to them')
+    .addHelpText('after', EXAMPLES)
+    .action(async (flags: IptablesFlags) => {
+      let options: InterceptionOptions;
+      let script: string;
+      try {
+        options = toOptions(flags);
+        // Generating the rules validates them, so a bad flag fails before anything is touched.
+        script = buildRestoreScript(options);
+      } catch (err) {
+        if (!(err instanceof RulesError)) throw err;
+        process.stderr.write(`ctxmesh iptables: ${err.message}\n`);
+        process.exit(EXIT_USAGE);
+      }
+      if (flags.dryRun && flags.cleanup) {
+        // What cleanup runs against one installation of these rules; the real run reads the
+        // table first and also removes any duplicate jumps an older install left.
+        process.stdout.write(buildCleanupScript(script)!);
+        return;
+      }
+      if (flags.dryRun) {
+        process.stdout.write(script);
+        return;
+      }
+      try {
+        if (flags.cleanup) {
+          const removed = await cleanupInterception();
+          process.stdout.write(removed ? 'ctxmesh iptables: removed the interception rules\n' : 'ctxmesh iptables: no interception rules installed; nothing to remove\n');
+        } else {
+          const { replaced } = await applyInterception(options);
+          process.stdout.write(
+            `ctxmesh iptables: ${replaced ? 'replaced' : 'installed'} interception rules: outbound → ${options.outboundPort}, inbound → ${options.inboundPort}, uid ${options.proxyUid} excluded\n`,
+          );
+        }
+      } catch (err) {
+        if (!(err instanceof IptablesError)) throw err;
+        process.stderr.write(`ctxmesh iptables: ${err.message}\n`);
+        process.exit(EXIT_FAILURE);
+      }
+    });
+}
+
+function toOptions(flags: IptablesFlags): InterceptionOptions {
+  const proxyUid = parseId(flags.proxyUid, '--proxy-uid');
+  const include = parseCidrList(flags.includeOutboundCidrs, '--include-outbound-cidrs');
+  if (include.length === 0) throw new RulesError('--include-outbound-cidrs: empty (use 0.0.0.0/0 for everything)');
+  return defaultOptions({
+    outboundPort: parsePort(flags.outboundPort, '--outbound-port'),
+    inboundPort: parsePort(flags.inboundPort, '--inbound-port'),
+    proxyUid,
+    proxyGid: flags.proxyGid === undefined ? proxyUid : parseId(flags.proxyGid, '--proxy-gid'),
+    excludeOutboundPorts: parsePortList(flags.excludeOutboundPorts ?? '', '--exclude-outbound-ports'),
+    excludeInboundPorts: parsePortList(flags.excludeInboundPorts ?? '', '--exclude-inbound-ports'),
+    excludeOutboundCidrs: parseCidrList(flags.excludeOutboundCidrs ?? '', '--exclude-outbound-cidrs'),
+    includeOutboundCidrs: include,
+  });
+}
+
+function parseId(value: string, what: string): number {
+  if (!/^\d{1,10}$/.test(value.trim())) throw new RulesError(`${what}: "${value}" is not a numeric id`);
+  return Number(value);
+}
