@@ -17,6 +17,8 @@ WORKDIR /opt/ctxmesh
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+# iptables for the injected init container (`ctxmesh iptables`), which runs this same image.
+RUN apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 1337 ctxmesh && useradd --uid 1337 --gid 1337 --no-create-home --shell /usr/sbin/nologin ctxmesh
 USER 1337:1337
 EXPOSE 15000 15001 15006 15020
