@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { request } from 'undici';
+import { afterEach } from 'vitest';
 import { SidecarConfigSchema, type SidecarConfig } from '../../src/config/schema.js';
 import { Sidecar, type SidecarOptions } from '../../src/sidecar.js';
 import { createLogger } from '../../src/telemetry/logger.js';
@@ -264,3 +265,15 @@ export function keyOwnedBy(addresses: readonly string[], owner: string, prefix =
 }
 // Import declarations are hoisted; this one sits with the helpers that use it.
 import HashRing from 'hashring';
+
+/**
+ * Things a test started, closed after that test, last started first: a test that fails halfway
+ * still releases its ports and processes.
+ */
+export function closeAfterEach(): Array<() => Promise<void>> {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const close of closers.splice(0).reverse()) await close();
+  });
+  return closers;
+}

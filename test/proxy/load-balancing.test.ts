@@ -1,7 +1,7 @@
 // Load balancing through a real sidecar to real node:http upstreams: round robin, least request
 // (P2C), ring hash on x-ctx-key with failover to the next endpoint on the ring, and priorities.
 import HashRing from 'hashring';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   createPki,
   endpointStatus,
@@ -17,18 +17,16 @@ import {
   type RunningSidecar,
   type TestApp,
   type TestPki,
+  closeAfterEach,
 } from '../helpers/mesh.js';
 
 let pki: TestPki;
-const closers: Array<() => Promise<void>> = [];
+const closers = closeAfterEach();
 
 beforeAll(async () => {
   pki = await createPki();
 });
 
-afterEach(async () => {
-  for (const close of closers.splice(0).reverse()) await close();
-});
 
 async function apps(...names: string[]): Promise<TestApp[]> {
   const started = await Promise.all(names.map((name) => startApp(name)));

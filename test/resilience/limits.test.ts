@@ -1,6 +1,6 @@
 // Cluster concurrency limits through a real sidecar: over maxRequests or maxPendingRequests a
 // request fails at once with 503 overflow, while the requests already admitted carry on.
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   clusterStatus,
   createPki,
@@ -14,18 +14,16 @@ import {
   type Reply,
   type RunningSidecar,
   type TestPki,
+  closeAfterEach,
 } from '../helpers/mesh.js';
 
 let pki: TestPki;
-const closers: Array<() => Promise<void>> = [];
+const closers = closeAfterEach();
 
 beforeAll(async () => {
   pki = await createPki();
 });
 
-afterEach(async () => {
-  for (const close of closers.splice(0).reverse()) await close();
-});
 
 async function setup(circuitBreaker: Record<string, number>): Promise<{ app: HoldingApp; mesh: RunningSidecar }> {
   const app = await startHoldingApp('held');

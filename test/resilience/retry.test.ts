@@ -1,7 +1,7 @@
 // Retries, timeouts and retry limits through a real sidecar. ring_hash with a key owned by the
 // failing endpoint makes the first try's endpoint deterministic; the retry then has to go
 // elsewhere on the ring.
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   createPki,
   deadAddress,
@@ -17,18 +17,16 @@ import {
   type RunningSidecar,
   type TestApp,
   type TestPki,
+  closeAfterEach,
 } from '../helpers/mesh.js';
 
 let pki: TestPki;
-const closers: Array<() => Promise<void>> = [];
+const closers = closeAfterEach();
 
 beforeAll(async () => {
   pki = await createPki();
 });
 
-afterEach(async () => {
-  for (const close of closers.splice(0).reverse()) await close();
-});
 
 async function app(name: string, handler?: AppHandler): Promise<TestApp> {
   const started = await startApp(name, handler);
