@@ -6,6 +6,7 @@ import { createAdminServer, type AdminTarget } from './admin/server.js';
 import { ClusterSchema, type SidecarConfig } from './config/schema.js';
 import { createInboundServer } from './proxy/inbound/listener.js';
 import { createOutboundServer } from './proxy/outbound/listener.js';
+import { StateAgent } from './state/agent.js';
 import { Router } from './proxy/outbound/router.js';
 import { Cluster, type ClusterDeps } from './proxy/upstream/cluster.js';
 import type { Clock, Random } from './resilience/clock.js';
@@ -28,12 +29,16 @@ export interface SidecarPorts {
   inbound: number;
   outbound: number;
   admin: number;
+  /** The context API; 0 when the state agent is disabled. */
+  context: number;
 }
 
 export class Sidecar implements AdminTarget {
   ready = false;
   draining = false;
-  readonly ports: SidecarPorts = { inbound: 0, outbound: 0, admin: 0 };
+  readonly ports: SidecarPorts = { inbound: 0, outbound: 0, admin: 0, context: 0 };
+  /** The local state agent (context API, L1/L2, WAL); undefined when context.enabled is false. */
+  state: StateAgent | undefined;
   private router: Router;
   private drained: Promise<void> | undefined;
 
@@ -71,6 +76,7 @@ export class Sidecar implements AdminTarget {
       metrics: () => metrics.render(),
       configDump: () => sidecar!.configDump(),
       clusters: () => sidecar!.clusters(),
+      stateStats: () => sidecar!.stateStats(),
       drain: () => sidecar!.drain(),
     }));
 
@@ -79,6 +85,10 @@ export class Sidecar implements AdminTarget {
     identity.watch();
 
     try {
+      if (config.context.enabled) {
+        sidecar.state = await StateAgent.start(config, { logger, metrics, random: options.random });
+        sidecar.ports.context = sidecar.state.port;
+      }
       sidecar.ports.outbound = await listen(outbound, config.outbound.port, config.outbound.address);
       sidecar.ports.inbound = await listen(inbound, config.inbound.port, config.inbound.address);
       sidecar.ports.admin = await listen(sidecar.admin, config.admin.port, ADMIN_ADDRESS);
@@ -103,6 +113,10 @@ export class Sidecar implements AdminTarget {
       listeners: { ...this.ports },
       config: this.config,
     };
+  }
+
+  stateStats(): object | undefined {
+    return this.state?.stats();
   }
 
   clusters(): object {
@@ -148,6 +162,8 @@ export class Sidecar implements AdminTarget {
       for (const server of [this.outbound, this.inbound]) if (server.listening) server.closeAllConnections();
       await Promise.all([closeServer(this.outbound), closeServer(this.inbound), ...[...this.clusterList, this.app].map((c) => c.destroy())]);
     }
+    // After the proxy has drained: in-flight requests may still have been using their context.
+    await this.state?.close();
     this.admin.closeAllConnections();
     await closeServer(this.admin);
     this.identity.close();

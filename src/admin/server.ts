@@ -11,6 +11,8 @@ export interface AdminTarget {
   metrics(): Promise<string>;
   configDump(): object;
   clusters(): object;
+  /** The state agent's tiers (sizes, hit ratios, queue); undefined when it is disabled. */
+  stateStats(): object | undefined;
   /** Starts draining; resolves when drained. */
   drain(): Promise<void>;
 }
@@ -35,6 +37,13 @@ export function createAdminServer(target: AdminTarget): http.Server {
     },
     '/config_dump': { GET: (_req, res) => json(res, 200, target.configDump()) },
     '/clusters': { GET: (_req, res) => json(res, 200, target.clusters()) },
+    '/state': {
+      GET: (_req, res) => {
+        const state = target.stateStats();
+        if (!state) return sendError(res, new MeshError('not_found', 'the state agent is disabled (context.enabled: false)'));
+        json(res, 200, state);
+      },
+    },
     '/drain': {
       POST: (_req, res) => {
         void target.drain();

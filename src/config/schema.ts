@@ -140,22 +140,92 @@ const XdsSchema = z.strictObject({
   server: hostPort,
 });
 
-// The state agent's section is validated now so that configs written for it are accepted as
-// documented; the agent itself reads it.
+// The state agent: the context API, its two cache tiers, the write-ahead log and checkpoints.
+const RedisUrl = z
+  .string()
+  .regex(
+    /^rediss?(\+sentinel|\+cluster)?:\/\/.+/,
+    'expected redis://host:port[/db], rediss://…, redis+sentinel://h:p[,h:p]/master[/db] or redis+cluster://h:p[,h:p]',
+  );
+
+const L2Schema = z
+  .strictObject({
+    /** memory (embedded default: no Redis needed) | redis. */
+    backend: z.enum(['memory', 'redis']).default('memory'),
+    /**
+     * Where Redis is, when backend is redis: `redis://[:password@]host:port[/db]` (rediss:// for
+     * TLS), `redis+sentinel://host:port[,host:port…]/masterName[/db]`, or
+     * `redis+cluster://host:port[,host:port…]`. Moving from one Redis to a Cluster is this line.
+     */
+    url: RedisUrl.optional(),
+    /** Prefix of every Redis key and of the invalidation channel. Default "ctxmesh:". */
+    keyPrefix: z.string().min(1).default('ctxmesh:'),
+    /** Time a Redis command may take before the tier counts as unavailable. Default 1s. */
+    commandTimeout: duration().default(1_000),
+    /** Time allowed to (re)connect to Redis. Default 2s. */
+    connectTimeout: duration().default(2_000),
+    /** First reconnect delay; doubled per attempt, with full jitter, up to `reconnectMax`. Default 50ms. */
+    reconnectBase: duration().default(50),
+    /** Longest reconnect delay. Default 2s. */
+    reconnectMax: duration().default(2_000),
+  })
+  .refine((l2) => l2.backend !== 'redis' || l2.url !== undefined, { message: 'url is required when backend is redis', path: ['url'] });
+
 const ContextSchema = z.strictObject({
+  /** Run the state agent and its context API. Default true. */
+  enabled: z.boolean().default(true),
   /** Context API listener, always bound to 127.0.0.1. Default 15020. */
   port: port.default(15_020),
-  l1: z.strictObject({ /** In-process cache bound. Default 256MiB. */ maxBytes: size().default(256 * 1024 ** 2) }).prefault({}),
-  l2: z
+  /** Largest stored value (413 above). Default 1MiB. */
+  maxValueBytes: size().default(1024 ** 2),
+  /** Longest key in bytes (400 above). Default 512. */
+  maxKeyBytes: z.number().int().min(16).max(4096).default(512),
+  /** Writes without If-Match / If-None-Match are refused with 428. Default false. */
+  requireConditions: z.boolean().default(false),
+  /** TTL of writes that carry no ctxmesh-ttl header. Default: none (kept until deleted). */
+  defaultTtl: duration().optional(),
+  /** Longest TTL a write may ask for. Default: unbounded. */
+  maxTtl: duration().optional(),
+  rateLimit: z
     .strictObject({
-      /** memory (embedded default) | redis. */
-      backend: z.enum(['memory', 'redis']).default('memory'),
-      /** redis://host:port when backend is redis. */
-      url: z.string().optional(),
+      /** Context API requests per second per tenant (first key segment); 0 = unlimited. Default 0. */
+      requestsPerSecond: z.number().nonnegative().default(0),
+      /** Requests a tenant may make at once above the rate. Default: one second's worth. */
+      burst: z.number().int().positive().optional(),
     })
     .prefault({}),
-  /** write-through (ack after L2) | write-behind (ack after L1 + local log). */
+  l1: z
+    .strictObject({
+      /** In-process cache bound (values + keys). Default 256MiB. */
+      maxBytes: size().default(256 * 1024 ** 2),
+      /**
+       * While L2 is unreachable, cached contexts are served (marked ctxmesh-stale) for at most this
+       * long after the invalidation link dropped; later reads fail with 503 l2_unavailable. Default 30s.
+       */
+      maxStale: duration().default(30_000),
+    })
+    .prefault({}),
+  l2: L2Schema.prefault({}),
+  /** write-through (ack after L2 has it) | write-behind (ack after L1 + the WAL). Default write-through. */
   writeMode: z.enum(['write-through', 'write-behind']).default('write-through'),
+  writeBehind: z
+    .strictObject({
+      /** Writes waiting for L2 before new ones get 503 write_queue_full. Default 10000. */
+      maxQueue: z.number().int().positive().default(10_000),
+      /** Bytes waiting for L2 before the same. Default 64MiB. */
+      maxQueueBytes: size().default(64 * 1024 ** 2),
+      /** Writes sent to L2 in one pipelined batch. Default 256. */
+      batchSize: z.number().int().positive().default(256),
+    })
+    .prefault({}),
+  warm: z
+    .strictObject({
+      /** Bytes of the previous run's hottest contexts loaded into L1 at start. 0 disables. Default 64MiB. */
+      maxBytes: size().default(64 * 1024 ** 2),
+      /** Time warming may take before the agent starts anyway. Default 2s. */
+      timeout: duration().default(2_000),
+    })
+    .prefault({}),
   replication: z
     .strictObject({
       /** Replicas per key. Default 3. */
@@ -165,10 +235,19 @@ const ContextSchema = z.strictObject({
       peers: z.array(z.strictObject({ id: z.string().min(1), address: hostPort })).default([]),
     })
     .prefault({}),
-  wal: z.strictObject({ /** always | batch | none. */ fsync: z.enum(['always', 'batch', 'none']).default('always') }).prefault({}),
+  wal: z
+    .strictObject({
+      /** always (ack after fsync) | batch (fsync every batchInterval) | none (the OS decides). Default always. */
+      fsync: z.enum(['always', 'batch', 'none']).default('always'),
+      /** Longest time between fsyncs under `batch`. Default 10ms. */
+      batchInterval: duration().default(10),
+      /** A segment is closed and a new one started past this size. Default 64MiB. */
+      segmentBytes: size().default(64 * 1024 ** 2),
+    })
+    .prefault({}),
   checkpoint: z
     .strictObject({
-      /** Directory of snapshots and WAL segments. Default ./data/<node.id>. */
+      /** Directory of the WAL, snapshots and the L1 hot-key list. Default ./data/<node.id>. */
       dir: z.string().optional(),
       /** Snapshot interval. Default 60s. */
       interval: duration().default(60_000),
@@ -216,3 +295,4 @@ export type CircuitBreakerConfig = z.infer<typeof CircuitBreakerSchema>;
 export type OutlierDetectionConfig = z.infer<typeof OutlierDetectionSchema>;
 export type RetryConfig = z.infer<typeof RetrySchema>;
 export type LimitsConfig = z.infer<typeof LimitsSchema>;
+export type ContextConfig = z.infer<typeof ContextSchema>;

@@ -87,6 +87,7 @@ async function startMesh(gatewayPort: number): Promise<Mesh> {
           inbound: { port: 0, address: '127.0.0.1', app, allow: ['spiffe://ctxmesh.local/ns/default/sa/gateway'] },
           outbound: { port: 0 },
           admin: { port: 0 },
+          context: { port: 0, checkpoint: { dir: join(dir, 'data', service.name) } },
         }),
         { logger: logger.child({ node: service.name }) },
       ),
@@ -99,6 +100,7 @@ async function startMesh(gatewayPort: number): Promise<Mesh> {
       inbound: { port: 0, address: '127.0.0.1', app: 'http://127.0.0.1:9', allow: [] },
       outbound: { port: gatewayPort },
       admin: { port: 0 },
+      context: { port: 0, checkpoint: { dir: join(dir, 'data', 'gateway') } },
       clusters: [
         {
           name: 'chat',

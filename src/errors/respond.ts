@@ -15,6 +15,7 @@ export function sendError(res: ServerResponse, err: MeshError, options: { close?
     'content-length', String(Buffer.byteLength(body)),
     ERROR_HEADER, err.code,
   ];
+  if (err.retryAfter !== undefined) headers.push('retry-after', String(Math.max(1, Math.ceil(err.retryAfter))));
   // When the request body was not read, closing is cheaper than draining it for keep-alive.
   if (options.close) headers.push('connection', 'close');
   res.writeHead(err.status, headers);

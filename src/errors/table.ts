@@ -7,12 +7,18 @@ export const ERROR_HEADER = 'x-ctxmesh-error';
 
 export const ERRORS = {
   bad_request: { status: 400, message: 'malformed request' },
+  invalid_key: { status: 400, message: 'invalid context key' },
   forbidden: { status: 403, message: 'caller identity is not allowed' },
   no_route: { status: 404, message: 'no route for this host' },
   not_found: { status: 404, message: 'not found' },
   method_not_allowed: { status: 405, message: 'method not allowed' },
+  not_mergeable: { status: 409, message: 'the stored value is not a JSON object that a merge patch can apply to' },
   request_timeout: { status: 408, message: 'request was not received in time' },
+  precondition_failed: { status: 412, message: 'the context has a different version than If-Match names' },
   payload_too_large: { status: 413, message: 'request body exceeds the limit' },
+  unsupported_media_type: { status: 415, message: 'unsupported content type' },
+  precondition_required: { status: 428, message: 'this write needs If-Match or If-None-Match' },
+  rate_limited: { status: 429, message: 'request rate limit reached' },
   headers_too_large: { status: 431, message: 'request headers exceed the limit' },
   client_closed: { status: 499, message: 'client closed the connection before the response' },
   internal: { status: 500, message: 'internal error' },
@@ -23,6 +29,8 @@ export const ERRORS = {
   no_healthy_upstream: { status: 503, message: 'no healthy endpoint' },
   draining: { status: 503, message: 'sidecar is draining' },
   not_ready: { status: 503, message: 'sidecar is not ready' },
+  l2_unavailable: { status: 503, message: 'the L2 store (Redis) is unavailable' },
+  write_queue_full: { status: 503, message: 'the write-behind queue is full' },
   upstream_timeout: { status: 504, message: 'upstream did not respond in time' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
@@ -30,14 +38,17 @@ export type ErrorCode = keyof typeof ERRORS;
 
 export class MeshError extends Error {
   readonly status: number;
+  /** Seconds the client should wait before trying again (429, 503 backpressure): `Retry-After`. */
+  readonly retryAfter: number | undefined;
   constructor(
     readonly code: ErrorCode,
     detail?: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; retryAfter?: number },
   ) {
     super(detail ?? ERRORS[code].message, options);
     this.name = 'MeshError';
     this.status = ERRORS[code].status;
+    this.retryAfter = options?.retryAfter;
   }
 }
 

@@ -136,7 +136,7 @@ function copyIdentity(identity: IdentityFiles, dir: string, uid: number): Identi
   return copy;
 }
 
-function sidecarYaml(id: string, identity: IdentityFiles, clusters: object[]): string {
+function sidecarYaml(id: string, identity: IdentityFiles, dataDir: string, clusters: object[]): string {
   // JSON is YAML; the loader validates it as it would a hand-written file.
   return JSON.stringify({
     node: { id },
@@ -144,6 +144,7 @@ function sidecarYaml(id: string, identity: IdentityFiles, clusters: object[]): s
     inbound: { port: INBOUND_PORT, address: '0.0.0.0', app: `http://127.0.0.1:${APP_PORT}`, allow: ['spiffe://ctxmesh.local/ns/default/sa/*'] },
     outbound: { port: 15_001 },
     admin: { port: 15_000 },
+    context: { checkpoint: { dir: dataDir } },
     log: { level: 'info', accessLog: true },
     clusters,
   });
@@ -178,7 +179,7 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     const configA = join(dirA, 'sidecar.yaml');
     writeFileSync(
       configA,
-      sidecarYaml('node-a', identityA, [
+      sidecarYaml('node-a', identityA, join(dirA, 'data'), [
         // No retries: a failed try must show as a failure, not be papered over.
         { name: 'chat', domains: ['chat.default.svc', 'chat'], tls: 'mesh', endpoints: [{ address: `${IP_B}:${INBOUND_PORT}` }], retry: { attempts: 0 } },
         // As Istio addresses pods: the app's own port, which B's inbound rules must redirect to
@@ -188,7 +189,7 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     );
     chownSync(configA, PROXY_UID, PROXY_UID);
     const configB = join(work, 'sidecar-b.yaml');
-    writeFileSync(configB, sidecarYaml('chat-b', await pki.issue('chat-b'), []));
+    writeFileSync(configB, sidecarYaml('chat-b', await pki.issue('chat-b'), join(work, 'b-data'), []));
 
     await start(['ip', 'netns', 'exec', NS_B, process.execPath, '-e', APP_SCRIPT], 'app listening');
     await start(['ip', 'netns', 'exec', NS_B, process.execPath, CLI, 'sidecar', '-c', configB], 'sidecar ready');

@@ -63,6 +63,7 @@ export function sidecarConfig(identity: IdentityFiles, overrides: ConfigInput = 
     inbound: { port: 0, address: '127.0.0.1', app: 'http://127.0.0.1:9', allow: ['spiffe://ctxmesh.local/ns/default/sa/*'] },
     outbound: { port: 0 },
     admin: { port: 0 },
+    context: { port: 0, checkpoint: { dir: mkdtempSync(join(tmpdir(), 'ctxmesh-state-')) } },
     log: { level: 'info', accessLog: true },
   };
   return SidecarConfigSchema.parse(merge(base, overrides));

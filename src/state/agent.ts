@@ -1,0 +1,329 @@
+// The state agent, assembled: L2 (Redis or memory), the WAL and what it replays, the tiered store,
+// L1 warming, the context API on 127.0.0.1, and the tier figures in /metrics.
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { rename, writeFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, resolve } from 'node:path';
+import { Counter, Gauge } from 'prom-client';
+import type { SidecarConfig } from '../config/schema.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { MeshMetrics } from '../telemetry/metrics.js';
+import { createContextApiServer } from './api/server.js';
+import type { L2Tier } from './cache/l2.js';
+import { MemoryL2 } from './cache/memory-l2.js';
+import { RedisL2 } from './cache/redis-l2.js';
+import { Wal } from './checkpoint/wal.js';
+import { LocalStore } from './local-store.js';
+import { decodeKeyedRecord, encodeKeyedRecord, recordSize, type ContextRecord } from './record.js';
+import type { Consistency, StoreStats } from './store.js';
+import { versionNodeTag } from './version.js';
+
+const API_ADDRESS = '127.0.0.1';
+/** How often the list of hottest keys is saved for the next start's warming. */
+const HOT_KEYS_SAVE_INTERVAL_MS = 60_000;
+const WARM_BATCH = 256;
+const HOT_KEYS_FILE = 'l1-hot.keys';
+const FLUSHED_FILE = 'l2-flushed.lsn';
+
+// A WAL entry says whether its write was already in L2 when it was logged (write-through) or
+// still on its way there (write-behind): only the latter is replayed into L2 after a crash, so a
+// restart never pushes back a value that another sidecar has since replaced.
+const ENTRY_IN_L2 = 1;
+const ENTRY_PENDING_L2 = 2;
+
+export interface StateAgentOptions {
+  logger: Logger;
+  metrics: MeshMetrics;
+  random?: () => number;
+  now?: () => number;
+}
+
+export class StateAgent {
+  port = 0;
+  private hotKeysTimer: NodeJS.Timeout | undefined;
+  private flushedLsn = 0;
+  private markerWrite: Promise<void> = Promise.resolve();
+  private closed: Promise<void> | undefined;
+
+  private constructor(
+    private readonly config: SidecarConfig,
+    readonly store: LocalStore,
+    private readonly l2: L2Tier,
+    private readonly wal: Wal,
+    private readonly server: Server,
+    readonly dir: string,
+    private readonly logger: Logger,
+  ) {}
+
+  static async start(config: SidecarConfig, options: StateAgentOptions): Promise<StateAgent> {
+    const ctx = config.context;
+    const logger = options.logger.child({ component: 'state' });
+    const dir = resolve(ctx.checkpoint.dir ?? join('data', config.node.id));
+    mkdirSync(dir, { recursive: true });
+    const nodeTag = versionNodeTag(config.node.id);
+    const l2: L2Tier =
+      ctx.l2.backend === 'redis'
+        ? new RedisL2({ ...ctx.l2, url: ctx.l2.url!, instanceId: `${nodeTag}-${randomBytes(4).toString('hex')}`, logger, random: options.random })
+        : new MemoryL2(options.now);
+    const wal = await Wal.open({ dir: join(dir, 'wal'), ...ctx.wal });
+    if (wal.openReport.torn) logger.warn({ torn: wal.openReport.torn }, 'WAL: cut a torn or corrupt tail; recovered up to the last valid record');
+
+    let agent: StateAgent | undefined;
+    const writeBehind = ctx.writeMode === 'write-behind';
+    const store = new LocalStore({
+      nodeTag,
+      l1MaxBytes: ctx.l1.maxBytes,
+      maxStaleMs: ctx.l1.maxStale,
+      writeMode: ctx.writeMode,
+      writeBehind: ctx.writeBehind,
+      l2,
+      wal: { append: (payload) => wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload)) },
+      onFlushed: (lsn) => agent?.recordFlushed(lsn),
+      logger,
+      now: options.now,
+      random: options.random,
+    });
+
+    const ready = l2.ready().catch((err: Error) => logger.warn({ err: err.message }, 'L2 not reachable at start; continuing, it will be retried'));
+    const flushed = readNumber(join(dir, FLUSHED_FILE));
+    const replay = await recover(wal, l2, store, flushed);
+    logger.info({ ...replay, backend: l2.kind, writeMode: ctx.writeMode }, 'state recovered from the WAL');
+    await ready;
+
+    const requests = registerMetrics(options.metrics, store);
+    const server = createContextApiServer({
+      store,
+      config: ctx,
+      limits: config.limits,
+      defaultConsistency: ctx.replication.consistency,
+      onRequest: (op, consistency, status) => requests.labels(op, consistency, String(status)).inc(),
+    });
+    agent = new StateAgent(config, store, l2, wal, server, dir, logger);
+    agent.flushedLsn = flushed;
+    store.start();
+    try {
+      const warmed = await agent.warm();
+      if (warmed.keys > 0) logger.info(warmed, 'L1 warmed with the previous run’s hottest contexts');
+      agent.port = await listen(server, ctx.port);
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
+    agent.hotKeysTimer = setInterval(() => void agent.saveHotKeys(), HOT_KEYS_SAVE_INTERVAL_MS).unref();
+    return agent;
+  }
+
+  stats(): StoreStats & { dir: string; walLastLsn: number } {
+    return { ...this.store.stats(), dir: this.dir, walLastLsn: this.wal.lastLsn };
+  }
+
+  /** Loads the contexts that were hottest in L1 last time, bounded in bytes and time. */
+  private async warm(): Promise<{ keys: number; bytes: number }> {
+    const { maxBytes, timeout } = this.config.context.warm;
+    let keys: string[];
+    try {
+      keys = readFileSync(join(this.dir, HOT_KEYS_FILE), 'utf8').split('\n').filter(Boolean);
+    } catch {
+      return { keys: 0, bytes: 0 };
+    }
+    const deadline = performance.now() + timeout;
+    let bytes = 0;
+    let loaded = 0;
+    for (let i = 0; i < keys.length && bytes < maxBytes && performance.now() < deadline; i += WARM_BATCH) {
+      let records: Array<ContextRecord | undefined>;
+      try {
+        records = await this.l2.getMany(keys.slice(i, i + WARM_BATCH));
+      } catch {
+        break;
+      }
+      for (const record of records) {
+        if (!record || bytes >= maxBytes) continue;
+        this.store.l1.set(record);
+        bytes += recordSize(record);
+        loaded++;
+      }
+    }
+    return { keys: loaded, bytes };
+  }
+
+  /** Writes L1's keys, hottest first, up to the warming budget: the next start loads them. */
+  private async saveHotKeys(): Promise<void> {
+    const budget = this.config.context.warm.maxBytes;
+    if (budget === 0) return;
+    const keys: string[] = [];
+    let bytes = 0;
+    for (const key of this.store.l1.hottestKeys()) {
+      const record = this.store.l1.peek(key);
+      if (!record) continue;
+      bytes += recordSize(record);
+      if (bytes > budget) break;
+      keys.push(key);
+    }
+    await writeAtomically(join(this.dir, HOT_KEYS_FILE), keys.join('\n')).catch((err: Error) =>
+      this.logger.warn({ err: err.message }, 'could not save the L1 hot-key list'),
+    );
+  }
+
+  private recordFlushed(lsn: number): void {
+    if (lsn <= this.flushedLsn) return;
+    this.flushedLsn = lsn;
+    // Chained so that marker writes never overtake each other.
+    this.markerWrite = this.markerWrite.then(() =>
+      writeAtomically(join(this.dir, FLUSHED_FILE), String(this.flushedLsn)).catch((err: Error) =>
+        this.logger.warn({ err: err.message }, 'could not record the write-behind position'),
+      ),
+    );
+  }
+
+  close(flushTimeoutMs = 2_000): Promise<void> {
+    this.closed ??= (async () => {
+      clearInterval(this.hotKeysTimer);
+      this.server.closeAllConnections();
+      await new Promise<void>((done) => (this.server.listening ? this.server.close(() => done()) : done()));
+      await this.store.close(flushTimeoutMs);
+      await this.markerWrite;
+      await this.saveHotKeys();
+      await this.wal.close();
+      await this.l2.close();
+    })();
+    return this.closed;
+  }
+}
+
+/**
+ * Brings the tiers back to where the WAL says they were. The embedded L2 lives in memory, so the
+ * whole log is replayed into it; with Redis, only write-behind entries that had not reached it
+ * (after the flushed position) go back into the queue.
+ */
+async function recover(wal: Wal, l2: L2Tier, store: LocalStore, flushedLsn: number) {
+  if (l2 instanceof MemoryL2) {
+    const report = await wal.replay(0, (_lsn, payload) => {
+      const record = decodeKeyedRecord(payload.subarray(1));
+      store.observe(record.version);
+      l2.apply(record);
+    });
+    return { replayed: report.records, contexts: l2.size };
+  }
+  let queued = 0;
+  const report = await wal.replay(flushedLsn, (lsn, payload) => {
+    if (payload[0] !== ENTRY_PENDING_L2) return;
+    store.replayQueued(decodeKeyedRecord(payload.subarray(1)), lsn);
+    queued++;
+  });
+  return { replayed: report.records, requeued: queued };
+}
+
+function withKind(kind: number, payload: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(payload.length + 1);
+  out[0] = kind;
+  payload.copy(out, 1);
+  return out;
+}
+
+// Exported for the checkpoint tooling, which reads the same entries.
+export function decodeWalEntry(payload: Buffer): { record: ContextRecord; pendingL2: boolean } {
+  return { record: decodeKeyedRecord(payload.subarray(1)), pendingL2: payload[0] === ENTRY_PENDING_L2 };
+}
+
+export function encodeWalEntry(record: ContextRecord, pendingL2: boolean): Buffer {
+  return withKind(pendingL2 ? ENTRY_PENDING_L2 : ENTRY_IN_L2, encodeKeyedRecord(record));
+}
+
+function registerMetrics(metrics: MeshMetrics, store: LocalStore) {
+  const registers = [metrics.registry];
+  const requests = new Counter({
+    name: 'ctxmesh_context_requests_total',
+    help: 'Context API requests, by operation, requested consistency level and status.',
+    labelNames: ['op', 'consistency', 'status'] as const,
+    registers,
+  });
+  const tierCounter = (name: string, help: string, pick: (s: StoreStats) => Record<'l1' | 'l2', number>) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['tier'] as const,
+      registers,
+      collect() {
+        const values = pick(store.stats());
+        this.reset();
+        this.labels('l1').inc(values.l1);
+        this.labels('l2').inc(values.l2);
+      },
+    });
+  tierCounter('ctxmesh_context_cache_hits_total', 'Context lookups answered by the tier.', (s) => ({ l1: s.l1.hits, l2: s.l2.hits }));
+  tierCounter('ctxmesh_context_cache_misses_total', 'Context lookups the tier could not answer.', (s) => ({ l1: s.l1.misses, l2: s.l2.misses }));
+  new Counter({
+    name: 'ctxmesh_context_cache_evictions_total',
+    help: 'Contexts evicted from L1 by its byte bound.',
+    labelNames: ['tier'] as const,
+    registers,
+    collect() {
+      this.reset();
+      this.labels('l1').inc(store.l1.evictions);
+    },
+  });
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read());
+      },
+    });
+  new Gauge({
+    name: 'ctxmesh_context_cache_bytes',
+    help: 'Bytes held by the tier (L1: values and keys, as its bound counts them).',
+    labelNames: ['tier'] as const,
+    registers,
+    collect() {
+      this.labels('l1').set(store.l1.bytes);
+    },
+  });
+  new Gauge({
+    name: 'ctxmesh_context_cache_entries',
+    help: 'Contexts held by the tier.',
+    labelNames: ['tier'] as const,
+    registers,
+    collect() {
+      this.labels('l1').set(store.l1.size);
+    },
+  });
+  gauge('ctxmesh_context_l2_up', 'Whether L2 answers commands (1) or not (0).', () => (store.stats().l2.available ? 1 : 0));
+  gauge('ctxmesh_context_l1_coherent', 'Whether L1 receives L2 invalidations (1) or serves only as a stale fallback (0).', () =>
+    store.stats().l2.coherent ? 1 : 0,
+  );
+  gauge('ctxmesh_context_write_behind_queued', 'Writes acknowledged but not yet in L2.', () => store.queue?.length ?? 0);
+  gauge('ctxmesh_context_stale_reads_total', 'Reads served from L1 marked stale while L2 was unreachable.', () => store.stats().staleReads);
+  return requests;
+}
+
+function listen(server: Server, port: number): Promise<number> {
+  return new Promise((resolveListen, reject) => {
+    const onError = (err: Error): void => reject(new Error(`cannot listen on ${API_ADDRESS}:${port}: ${err.message}`));
+    server.once('error', onError);
+    server.listen(port, API_ADDRESS, () => {
+      server.off('error', onError);
+      resolveListen((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function readNumber(path: string): number {
+  try {
+    const value = Number(readFileSync(path, 'utf8').trim());
+    return Number.isSafeInteger(value) && value >= 0 ? value : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function writeAtomically(path: string, content: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await writeFile(tmp, content);
+  await rename(tmp, path);
+}
+
+export type { Consistency };

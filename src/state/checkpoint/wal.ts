@@ -1,0 +1,400 @@
+// The write-ahead log: every context write lands here before it is acknowledged, and start-up
+// replays it. It stores opaque payloads and knows nothing about contexts.
+//
+// Why the format is what it is:
+// - Segments `wal-<first LSN, 16 hex digits>.log`: names sort in LSN order, so finding where
+//   an LSN lives, and deleting what a snapshot covers, needs only a directory listing.
+// - A record is a 16-byte header — payload length u32 LE, CRC32 u32 LE, LSN u64 LE — then the
+//   payload. The length comes first so a reader knows how far to read; the CRC covers the LSN
+//   and the payload, so a torn write, a flipped bit or a stale record left from an older file all
+//   fail the check. LSNs are dense (1, 2, 3…) and each record must carry the next one, so a
+//   missing record or segment is noticed too, not silently stepped over.
+// - A crash can only tear the end of the last segment (we write nowhere else), so open() cuts a
+//   bad tail there; anywhere else a bad record is damage, and replay stops and reports it.
+// - A length above MAX_RECORD_PAYLOAD_BYTES is treated as corruption, so a flipped bit in a
+//   length never makes us allocate gigabytes.
+import { constants } from 'node:fs';
+import { mkdir, open, readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+
+export type FsyncPolicy = 'always' | 'batch' | 'none';
+
+/** The calls the WAL makes on a segment file; node's FileHandle is one. Tests wrap it. */
+export interface WalFile {
+  writev(buffers: Buffer[], position: number): Promise<{ bytesWritten: number }>;
+  datasync(): Promise<void>;
+  truncate(length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface WalOptions {
+  /** Directory of the segments; created (recursively) if missing. */
+  dir: string;
+  /** always: append resolves after fsync. batch: after write(), fsync at most batchInterval ms
+   * later. none: after write(), fsync only at close. */
+  fsync: FsyncPolicy;
+  /** ms between a write and its fsync under `batch`. */
+  batchInterval: number;
+  /** Roll to a new segment once the current one reaches this many bytes. */
+  segmentBytes: number;
+  /** Opens a segment for writing (read-write, created if missing). Default: node's fs. */
+  openFile?: (path: string) => Promise<WalFile>;
+}
+
+/** Where a torn or corrupt record was found (and, at open, cut). */
+export interface WalTail { segment: string; offset: number; reason: string }
+/** records / firstLsn / lastLsn: what is in the log (open) or what was delivered (replay); 0s when none. */
+export interface WalReplayReport { records: number; firstLsn: number; lastLsn: number; torn?: WalTail }
+
+export type WalErrorCode = 'WAL_CLOSED' | 'WAL_FAILED' | 'WAL_RECORD_TOO_LARGE' | 'WAL_RECORDS_REMOVED';
+export class WalError extends Error {
+  constructor(readonly code: WalErrorCode, message: string, options?: { cause: unknown }) {
+    super(message, options);
+    this.name = 'WalError';
+  }
+}
+
+export const WAL_RECORD_HEADER_BYTES = 16;
+export const MAX_RECORD_PAYLOAD_BYTES = 64 * 1024 * 1024;
+const SEGMENT_NAME = /^wal-([0-9a-f]{16})\.log$/;
+
+export function segmentName(firstLsn: number): string {
+  return `wal-${firstLsn.toString(16).padStart(16, '0')}.log`;
+}
+
+export function openSegmentFile(path: string): Promise<WalFile> {
+  return open(path, constants.O_RDWR | constants.O_CREAT, 0o644);
+}
+
+interface Pending { lsn: number; payload: Buffer; resolve: (lsn: number) => void; reject: (error: unknown) => void }
+interface Segment { name: string; firstLsn: number }
+
+export class Wal {
+  private readonly queue: Pending[] = [];
+  private pumping: Promise<void> | undefined;
+  private assignedLsn: number;
+  /** The last LSN written (and, under `always`, fsynced) in full. */
+  private writtenLsn: number;
+  /** Bytes of whole, written records in the current segment: where the next write goes. */
+  private size: number;
+  /** Written but not yet fsynced (batch and none). */
+  private dirty = false;
+  private syncDue = false;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+  /** Set when acknowledged data may not be durable any more (a background fsync failed): the
+   * log refuses further appends rather than acknowledge on top of a hole. */
+  private fatal: WalError | undefined;
+
+  private constructor(
+    private readonly options: WalOptions & { openFile: (path: string) => Promise<WalFile> },
+    private current: Segment,
+    private file: WalFile,
+    size: number,
+    lastLsn: number,
+    readonly openReport: WalReplayReport,
+  ) {
+    this.size = size;
+    this.assignedLsn = lastLsn;
+    this.writtenLsn = lastLsn;
+  }
+
+  /** Scans the last segment and cuts a torn or corrupt tail from it. Earlier segments are
+   * checked by replay(), which start-up runs anyway; open stays O(one segment). */
+  static async open(options: WalOptions): Promise<Wal> {
+    if (!(options.segmentBytes > 0)) throw new RangeError('segmentBytes must be positive');
+    if (options.fsync === 'batch' && !(options.batchInterval >= 0)) throw new RangeError('batchInterval must be >= 0 ms');
+    const resolved = { ...options, openFile: options.openFile ?? openSegmentFile };
+    await mkdir(options.dir, { recursive: true });
+    const segments = await listSegments(options.dir);
+    const last = segments.at(-1) ?? { name: segmentName(1), firstLsn: 1 };
+    const path = join(options.dir, last.name);
+    const data = segments.length > 0 ? await readFile(path) : Buffer.alloc(0);
+    const scan = scanRecords(data, last.firstLsn, Number.MAX_SAFE_INTEGER, () => {});
+    const file = await resolved.openFile(path);
+    if (segments.length === 0) await syncDirectory(options.dir, options.fsync);
+    let torn: WalTail | undefined;
+    if (scan.bad !== undefined) {
+      torn = { segment: last.name, offset: scan.end, reason: scan.bad };
+      await file.truncate(scan.end);
+      await file.datasync();
+    }
+    const lastLsn = last.firstLsn + scan.records - 1;
+    const firstLsn = segments[0]?.firstLsn ?? 1;
+    const records = Math.max(0, lastLsn - firstLsn + 1);
+    const report: WalReplayReport = { records, firstLsn: records ? firstLsn : 0, lastLsn: records ? lastLsn : 0, ...(torn && { torn }) };
+    return new Wal(resolved, last, file, scan.end, lastLsn, report);
+  }
+
+  /** LSN of the last record appended (0 when empty). Appends still in flight count; if their
+   * batch fails, their numbers go to the appends queued behind them, so the log has no gaps. */
+  get lastLsn(): number {
+    return this.assignedLsn;
+  }
+
+  /** Resolves with the record's LSN once durable per the fsync policy. The payload must not be
+   * modified until then: it is written from the caller's buffer, not a copy. */
+  append(payload: Buffer): Promise<number> {
+    if (this.closing) return Promise.reject(new WalError('WAL_CLOSED', 'append after close: the write-ahead log is closed'));
+    if (this.fatal) return Promise.reject(this.fatal);
+    if (payload.length > MAX_RECORD_PAYLOAD_BYTES) {
+      return Promise.reject(new WalError('WAL_RECORD_TOO_LARGE', `payload of ${payload.length} bytes exceeds ${MAX_RECORD_PAYLOAD_BYTES}`));
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ lsn: ++this.assignedLsn, payload, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Delivers every record with lsn > afterLsn, in order. Stops at the first bad record or
+   * missing range and reports it as `torn`; never repairs (only open() does, at the tail). */
+  async replay(afterLsn: number, onRecord: (lsn: number, payload: Buffer) => void): Promise<WalReplayReport> {
+    const report: WalReplayReport = { records: 0, firstLsn: 0, lastLsn: 0 };
+    // Records appended after this point may be half-written while we read; leave them out.
+    const limit = this.writtenLsn;
+    const segments = await listSegments(this.options.dir);
+    let start = segments.length - 1;
+    while (start >= 0 && segments[start]!.firstLsn > afterLsn + 1) start--;
+    if (start < 0) {
+      if (segments[0] && afterLsn < limit) {
+        throw new WalError('WAL_RECORDS_REMOVED', `records ${afterLsn + 1}..${segments[0].firstLsn - 1} were removed from the log`);
+      }
+      start = 0;
+    }
+    let expected = segments[start]?.firstLsn ?? 1;
+    for (const segment of segments.slice(start)) {
+      if (segment.firstLsn !== expected) {
+        const previous = segments[segments.indexOf(segment) - 1]!;
+        const reason = `segment ${segment.name} starts at lsn ${segment.firstLsn}, expected ${expected}`;
+        report.torn = { segment: previous.name, offset: (await stat(join(this.options.dir, previous.name))).size, reason };
+        return report;
+      }
+      const data = await readFile(join(this.options.dir, segment.name));
+      const scan = scanRecords(data, expected, limit, (lsn, payload) => {
+        if (lsn <= afterLsn) return;
+        // A copy, so a kept payload does not pin the whole segment's buffer.
+        onRecord(lsn, Buffer.from(payload));
+        report.records++;
+        report.firstLsn ||= lsn;
+        report.lastLsn = lsn;
+      });
+      if (scan.bad !== undefined) {
+        report.torn = { segment: segment.name, offset: scan.end, reason: scan.bad };
+        return report;
+      }
+      expected += scan.records;
+      if (expected > limit) break;
+    }
+    return report;
+  }
+
+  /** Deletes whole segments whose records all have lsn <= the given one, never the segment
+   * being written. Returns how many. */
+  async removeSegmentsThrough(lsn: number): Promise<number> {
+    const segments = await listSegments(this.options.dir);
+    let removed = 0;
+    for (let i = 0; i + 1 < segments.length; i++) {
+      const { name } = segments[i]!;
+      if (segments[i + 1]!.firstLsn - 1 > lsn || name === this.current.name) break;
+      await unlink(join(this.options.dir, name));
+      removed++;
+    }
+    return removed;
+  }
+
+  async segments(): Promise<Array<{ name: string; firstLsn: number; bytes: number }>> {
+    const segments = await listSegments(this.options.dir);
+    return Promise.all(segments.map(async (s) => ({ ...s, bytes: (await stat(join(this.options.dir, s.name))).size })));
+  }
+
+  /** Writes and fsyncs what is pending, then closes the file. Appends after this reject. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      while (this.pumping) await this.pumping;
+      clearTimeout(this.syncTimer);
+      try {
+        if (!this.fatal) await this.sync();
+      } finally {
+        await this.file.close();
+      }
+      if (this.fatal) throw this.fatal;
+    })();
+    return this.closing;
+  }
+
+  /** One writer at a time: appends that arrive while a write or fsync is in flight wait in the
+   * queue and go out together in the next write — group commit without any timer. */
+  private kick(): void {
+    if (this.pumping) return;
+    this.pumping = (async () => {
+      // Yield once so appends made in the same tick as this one join its batch.
+      await null;
+      try {
+        // A due fsync goes first, so a steady stream of appends cannot put it off forever.
+        while (this.syncDue || this.queue.length > 0) await (this.syncDue ? this.sync() : this.writeBatch());
+      } finally {
+        // Cleared with no await after the loop's check, so no append can slip in unseen.
+        this.pumping = undefined;
+      }
+    })();
+  }
+
+  private async writeBatch(): Promise<void> {
+    const roll = this.size >= this.options.segmentBytes;
+    // A batch fills at most what is left of the segment (at least one record), so a burst
+    // cannot grow a segment far past segmentBytes.
+    let room = this.options.segmentBytes - (roll ? 0 : this.size);
+    let count = 0;
+    const buffers: Buffer[] = [];
+    for (const entry of this.queue) {
+      const bytes = WAL_RECORD_HEADER_BYTES + entry.payload.length;
+      if (count > 0 && bytes > room) break;
+      buffers.push(encodeHeader(entry.lsn, entry.payload), entry.payload);
+      room -= bytes;
+      count++;
+    }
+    const batch = this.queue.splice(0, count);
+    try {
+      if (roll) await this.roll(batch[0]!.lsn);
+      const written = await writeAll(this.file, buffers, this.size);
+      if (this.options.fsync === 'always') await this.file.datasync();
+      this.size += written;
+      this.writtenLsn = batch[count - 1]!.lsn;
+    } catch (error) {
+      await this.discardBatch(batch, error);
+      return;
+    }
+    if (this.options.fsync !== 'always') {
+      this.dirty = true;
+      if (this.options.fsync === 'batch') this.syncTimer ??= setTimeout(() => this.syncSoon(), this.options.batchInterval).unref();
+    }
+    for (const entry of batch) entry.resolve(entry.lsn);
+  }
+
+  /** A failed write or fsync: no partial record may stay, and the queued appends take over the
+   * failed batch's LSNs so the log stays dense. */
+  private async discardBatch(batch: Pending[], error: unknown): Promise<void> {
+    try {
+      await this.file.truncate(this.size);
+    } catch (truncateError) {
+      this.fail(new WalError('WAL_FAILED', 'could not cut a failed write from the log', { cause: truncateError }));
+    }
+    let next = batch[0]!.lsn;
+    for (const entry of this.queue) entry.lsn = next++;
+    this.assignedLsn = next - 1;
+    for (const entry of batch) entry.reject(error);
+  }
+
+  private syncSoon(): void {
+    this.syncTimer = undefined;
+    this.syncDue = true;
+    this.kick();
+  }
+
+  private async sync(): Promise<void> {
+    this.syncDue = false;
+    if (!this.dirty) return;
+    this.dirty = false;
+    try {
+      await this.file.datasync();
+    } catch (error) {
+      // Linux marks the failed pages clean, so a retry would "succeed" over lost data.
+      this.fail(new WalError('WAL_FAILED', 'fsync failed: acknowledged records may be lost', { cause: error }));
+    }
+  }
+
+  private fail(error: WalError): void {
+    this.fatal ??= error;
+    for (const entry of this.queue.splice(0)) entry.reject(this.fatal);
+  }
+
+  /** Opens the next segment before letting go of the current one, so a failure leaves the log
+   * writing where it was. */
+  private async roll(firstLsn: number): Promise<void> {
+    if (this.options.fsync === 'batch') await this.sync();
+    if (this.fatal) throw this.fatal;
+    const next = { name: segmentName(firstLsn), firstLsn };
+    const file = await this.options.openFile(join(this.options.dir, next.name));
+    try {
+      await file.truncate(0); // a leftover from a failed earlier roll holds nothing acknowledged
+      await syncDirectory(this.options.dir, this.options.fsync);
+    } catch (error) {
+      await file.close().catch(() => {});
+      throw error;
+    }
+    clearTimeout(this.syncTimer);
+    this.syncTimer = undefined;
+    const previous = this.file;
+    [this.current, this.file, this.size, this.dirty] = [next, file, 0, false];
+    await previous.close();
+  }
+}
+
+function encodeHeader(lsn: number, payload: Buffer): Buffer {
+  const header = Buffer.allocUnsafe(WAL_RECORD_HEADER_BYTES);
+  header.writeUInt32LE(payload.length, 0);
+  // The u64 LSN as two u32 halves: no BigInt on the append path.
+  header.writeUInt32LE(lsn % 2 ** 32, 8);
+  header.writeUInt32LE(Math.floor(lsn / 2 ** 32), 12);
+  header.writeUInt32LE(crc32(payload, crc32(header.subarray(8, 16))), 4);
+  return header;
+}
+
+/** Walks records from offset 0, each of which must carry the next LSN, up to `limit`. `end` is
+ * the offset after the last good record; `bad` says why the walk stopped early, if it did. */
+function scanRecords(data: Buffer, firstLsn: number, limit: number, onRecord: (lsn: number, payload: Buffer) => void) {
+  let end = 0;
+  let expected = firstLsn;
+  let bad: string | undefined;
+  while (end < data.length && expected <= limit) {
+    if (data.length - end < WAL_RECORD_HEADER_BYTES) { bad = 'torn header'; break; }
+    const length = data.readUInt32LE(end);
+    const lsn = data.readUInt32LE(end + 8) + data.readUInt32LE(end + 12) * 2 ** 32;
+    if (length > MAX_RECORD_PAYLOAD_BYTES) { bad = `length ${length} exceeds the record cap`; break; }
+    const payloadStart = end + WAL_RECORD_HEADER_BYTES;
+    if (payloadStart + length > data.length) { bad = 'torn payload'; break; }
+    const payload = data.subarray(payloadStart, payloadStart + length);
+    if (crc32(payload, crc32(data.subarray(end + 8, end + 16))) !== data.readUInt32LE(end + 4)) { bad = 'crc mismatch'; break; }
+    if (lsn !== expected) { bad = `lsn ${lsn}, expected ${expected}`; break; }
+    onRecord(expected, payload);
+    end = payloadStart + length;
+    expected++;
+  }
+  return { records: expected - firstLsn, end, bad };
+}
+
+/** pwritev until every byte is down: a write may be short, e.g. when the disk fills mid-way. */
+async function writeAll(file: WalFile, buffers: Buffer[], position: number): Promise<number> {
+  let total = 0;
+  let rest = buffers.slice();
+  while (rest.length > 0) {
+    const { bytesWritten } = await file.writev(rest, position + total);
+    if (bytesWritten === 0) throw new Error('write made no progress');
+    total += bytesWritten;
+    let skip = bytesWritten;
+    while (rest.length > 0 && skip >= rest[0]!.length) skip -= rest.shift()!.length;
+    if (skip > 0) rest[0] = rest[0]!.subarray(skip);
+  }
+  return total;
+}
+
+async function listSegments(dir: string): Promise<Segment[]> {
+  const segments: Segment[] = [];
+  for (const name of await readdir(dir)) {
+    const match = SEGMENT_NAME.exec(name);
+    if (match) segments.push({ name, firstLsn: Number.parseInt(match[1]!, 16) });
+  }
+  return segments.sort((a, b) => a.firstLsn - b.firstLsn);
+}
+
+/** A new segment is only durable once its directory entry is. */
+async function syncDirectory(dir: string, policy: FsyncPolicy): Promise<void> {
+  if (policy === 'none') return;
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

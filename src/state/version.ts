@@ -1,0 +1,32 @@
+// A context's version: the HLC timestamp of the write that made it and the node that stamped it,
+// `<wall>.<logical>@<node>`. Unique across sidecars that share an L2, ordered by time, and
+// readable in an ETag. Replication will carry a causal context beside it; this stays the ETag.
+import { compareTimestamps, formatTimestamp, parseTimestamp, type HlcTimestamp } from './hlc.js';
+
+export type Version = string;
+
+/** Node ids may hold characters an ETag cannot: keep the ones it can. */
+export function versionNodeTag(nodeId: string): string {
+  return nodeId.replace(/[^A-Za-z0-9._-]/g, '_') || '_';
+}
+
+export function makeVersion(t: HlcTimestamp, nodeTag: string): Version {
+  return `${formatTimestamp(t)}@${nodeTag}`;
+}
+
+export function versionTimestamp(version: Version): HlcTimestamp | undefined {
+  const at = version.indexOf('@');
+  return parseTimestamp(at < 0 ? version : version.slice(0, at));
+}
+
+/** Orders versions by timestamp, then node tag: the last-writer-wins order. */
+export function compareVersions(a: Version, b: Version): number {
+  const ta = versionTimestamp(a);
+  const tb = versionTimestamp(b);
+  if (ta && tb) return compareTimestamps(ta, tb) || (a < b ? -1 : a > b ? 1 : 0);
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+export function etagOf(version: Version): string {
+  return `"${version}"`;
+}
