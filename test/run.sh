@@ -12,6 +12,14 @@ if ! command -v iptables >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "could not install iptables; that test will skip"
 fi
 
+# The L2 tests run real redis-server processes (Debian's redis-server package, which brings
+# redis-cli) on private ports, so a system service that apt may start on 6379 does not matter.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing redis-server for the L2 tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 \
+    || echo "could not install redis-server; the L2 tests will fail saying so"
+fi
+
 rm -f test-results.json
 npx vitest run "$@"
 status=$?

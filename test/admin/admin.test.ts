@@ -151,7 +151,13 @@ describe('admin API', () => {
     expect(reply.headers['content-type']).toBe('application/json');
     const dump = JSON.parse(reply.body);
     expect(dump.node).toEqual({ id: 'node-admin', cluster: 'chat', zone: 'z1' });
-    expect(dump.listeners).toEqual({ inbound: s.sidecar.ports.inbound, outbound: s.sidecar.ports.outbound, admin: s.sidecar.ports.admin });
+    expect(dump.listeners).toEqual({
+      inbound: s.sidecar.ports.inbound,
+      outbound: s.sidecar.ports.outbound,
+      admin: s.sidecar.ports.admin,
+      context: s.sidecar.ports.context,
+    });
+    expect(s.sidecar.ports.context).toBeGreaterThan(0);
     expect(dump.identity.spiffeId).toBe('spiffe://ctxmesh.local/ns/default/sa/admin-test');
     expect(dump.config.clusters[0].name).toBe('plain');
 

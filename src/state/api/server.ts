@@ -157,7 +157,12 @@ class ContextApi {
     } catch (err) {
       this.fail(req, res, err, op);
     }
-    this.options.onRequest?.(op, consistency, res.statusCode);
+    try {
+      this.options.onRequest?.(op, consistency, res.statusCode);
+    } catch (err) {
+      // `serve` runs detached: a throw here would be an unhandled rejection, which ends the process.
+      this.options.onInternalError?.(err, op);
+    }
   }
 
   // --- Routes ---
@@ -168,7 +173,7 @@ class ContextApi {
     const record = result.record;
     const etag = etagOf(record.version);
     const ifNoneMatch = req.headers['if-none-match'];
-    if (ifNoneMatch !== undefined && !noneMatchHolds(ifNoneMatch, record.version)) {
+    if (ifNoneMatch !== undefined && !noneMatchHolds(ifNoneMatch, etag, record.version)) {
       res.writeHead(304, withSession(['etag', etag, 'ctxmesh-consistency', access.consistency], access, record.version));
       res.end();
       return;
@@ -225,7 +230,7 @@ class ContextApi {
         return {
           value,
           contentType: JSON_TYPE,
-          ttlMs: ttlMs ?? (current === undefined ? defaultTtl : remainingTtl(current, now())),
+          ttlMs: ttlMs ?? (current === undefined ? defaultTtl : carriedTtl(current, now())),
           retention: retention ?? current?.retention ?? 'normal',
         };
       },
@@ -474,6 +479,12 @@ function parseJson(body: Buffer, what: string): Json {
   }
 }
 
+/** The TTL a patched context keeps: what is left of the current one (at least 1ms: 0 is no TTL to some tiers). */
+function carriedTtl(current: ContextRecord, now: number): number | undefined {
+  const left = remainingTtl(current, now);
+  return left === undefined ? undefined : Math.max(1, left);
+}
+
 /** The stored document a merge patch applies to: it must be JSON, by type and by content. */
 function currentJson(current: ContextRecord): Json {
   if (!isJsonType(current.contentType)) {
@@ -570,8 +581,8 @@ function parseEntityTags(header: string): { strong: string[]; weak: string[] } |
  * Whether `If-None-Match` lets a GET proceed (false → 304). It compares weakly: `W/"v"` matches
  * version v. A malformed header is ignored, as if absent.
  */
-function noneMatchHolds(header: string, version: Version): boolean {
-  if (header === `"${version}"` || header.trim() === '*') return false;
+function noneMatchHolds(header: string, etag: string, version: Version): boolean {
+  if (header === etag || header.trim() === '*') return false;
   const tags = parseEntityTags(header);
   if (tags === undefined) return true;
   return !tags.strong.includes(version) && !tags.weak.includes(version);

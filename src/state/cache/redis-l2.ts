@@ -287,7 +287,8 @@ export class RedisL2 extends EventEmitter implements L2Tier {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.setLink(false);
+    // Silently: a closing tier has no listener left to act on a link event.
+    this.linkUp = false;
     await Promise.all([quitQuickly(this.client), quitQuickly(this.subscriber)]);
   }
 
@@ -307,7 +308,6 @@ export class RedisL2 extends EventEmitter implements L2Tier {
       // A write in flight when the link broke may or may not have run: resending it could apply
       // it twice, after writes that followed it. The caller sees the failure instead.
       autoResendUnfulfilledCommands: false,
-      scripts: SCRIPTS,
     };
   }
 
@@ -330,6 +330,7 @@ export class RedisL2 extends EventEmitter implements L2Tier {
       client = new Redis({
         ...connectionOptions(this.parsed),
         ...this.commonOptions(),
+        scripts: SCRIPTS,
         enableOfflineQueue: false,
         // Concurrent GETs from many requests leave in one write and one round trip.
         enableAutoPipelining: true,

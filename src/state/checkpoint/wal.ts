@@ -6,11 +6,11 @@
 //   an LSN lives, and deleting what a snapshot covers, needs only a directory listing.
 // - A record is a 16-byte header — payload length u32 LE, CRC32 u32 LE, LSN u64 LE — then the
 //   payload. The length comes first so a reader knows how far to read; the CRC covers the LSN
-//   and the payload, so a torn write, a flipped bit or a stale record left from an older file all
-//   fail the check. LSNs are dense (1, 2, 3…) and each record must carry the next one, so a
-//   missing record or segment is noticed too, not silently stepped over.
-// - A crash can only tear the end of the last segment (we write nowhere else), so open() cuts a
-//   bad tail there; anywhere else a bad record is damage, and replay stops and reports it.
+//   and the payload, so a torn write or a flipped bit fails the check. LSNs are dense (1, 2,
+//   3…) and each record must carry the next one, so a stale, missing or reordered record or
+//   segment is noticed too, not silently stepped over.
+// - A crashed process can only leave a torn end on the last segment (we append nowhere else), so
+//   open() cuts a bad tail there; anywhere else a bad record is damage: replay stops and reports.
 // - A length above MAX_RECORD_PAYLOAD_BYTES is treated as corruption, so a flipped bit in a
 //   length never makes us allocate gigabytes.
 import { constants } from 'node:fs';
@@ -73,11 +73,6 @@ interface Segment { name: string; firstLsn: number }
 export class Wal {
   private readonly queue: Pending[] = [];
   private pumping: Promise<void> | undefined;
-  private assignedLsn: number;
-  /** The last LSN written (and, under `always`, fsynced) in full. */
-  private writtenLsn: number;
-  /** Bytes of whole, written records in the current segment: where the next write goes. */
-  private size: number;
   /** Written but not yet fsynced (batch and none). */
   private dirty = false;
   private syncDue = false;
@@ -91,14 +86,13 @@ export class Wal {
     private readonly options: WalOptions & { openFile: (path: string) => Promise<WalFile> },
     private current: Segment,
     private file: WalFile,
-    size: number,
-    lastLsn: number,
+    /** Bytes of whole, written records in the current segment: where the next write goes. */
+    private size: number,
+    /** The last LSN handed to append() (in flight included), and the last written in full. */
+    private assignedLsn: number,
+    private writtenLsn: number,
     readonly openReport: WalReplayReport,
-  ) {
-    this.size = size;
-    this.assignedLsn = lastLsn;
-    this.writtenLsn = lastLsn;
-  }
+  ) {}
 
   /** Scans the last segment and cuts a torn or corrupt tail from it. Earlier segments are
    * checked by replay(), which start-up runs anyway; open stays O(one segment). */
@@ -124,7 +118,7 @@ export class Wal {
     const firstLsn = segments[0]?.firstLsn ?? 1;
     const records = Math.max(0, lastLsn - firstLsn + 1);
     const report: WalReplayReport = { records, firstLsn: records ? firstLsn : 0, lastLsn: records ? lastLsn : 0, ...(torn && { torn }) };
-    return new Wal(resolved, last, file, scan.end, lastLsn, report);
+    return new Wal(resolved, last, file, scan.end, lastLsn, lastLsn, report);
   }
 
   /** LSN of the last record appended (0 when empty). Appends still in flight count; if their
@@ -267,7 +261,12 @@ export class Wal {
     }
     if (this.options.fsync !== 'always') {
       this.dirty = true;
-      if (this.options.fsync === 'batch') this.syncTimer ??= setTimeout(() => this.syncSoon(), this.options.batchInterval).unref();
+      if (this.options.fsync === 'batch') {
+        this.syncTimer ??= setTimeout(() => {
+          [this.syncTimer, this.syncDue] = [undefined, true];
+          this.kick();
+        }, this.options.batchInterval).unref();
+      }
     }
     for (const entry of batch) entry.resolve(entry.lsn);
   }
@@ -284,12 +283,6 @@ export class Wal {
     for (const entry of this.queue) entry.lsn = next++;
     this.assignedLsn = next - 1;
     for (const entry of batch) entry.reject(error);
-  }
-
-  private syncSoon(): void {
-    this.syncTimer = undefined;
-    this.syncDue = true;
-    this.kick();
   }
 
   private async sync(): Promise<void> {
