@@ -491,7 +491,7 @@ identity: { cert: $TMP/certs/$name/cert.pem, key: $TMP/certs/$name/key.pem, ca: 
 inbound:  { port: $in, address: 127.0.0.1, app: "http://127.0.0.1:$P_UPSTREAM", allow: ["spiffe://ctxmesh.local/ns/default/sa/*"] }
 outbound: { port: $out }
 admin:    { port: $admin }
-context:  { port: $ctx }
+context:  { port: $ctx, checkpoint: { dir: "$TMP/data-$name" } }
 log: { level: $level, accessLog: $alog }
 drainTimeout: 2s
 clusters:

@@ -56,6 +56,7 @@ export class LocalStore implements ContextStore {
   private invalidations = 0;
   /** When the coherence link or L2 last went away; undefined while both are fine. */
   private incoherentSince: number | undefined;
+  private linkDropped = false;
 
   constructor(private readonly options: LocalStoreOptions) {
     this.now = options.now ?? Date.now;
@@ -294,17 +295,21 @@ export class LocalStore implements ContextStore {
   // only be a fallback.
   private onLink(up: boolean): void {
     if (!up) {
-      if (this.incoherentSince === undefined) {
-        this.incoherentSince = this.now();
+      if (!this.linkDropped) {
+        this.linkDropped = true;
+        this.incoherentSince ??= this.now();
         this.options.logger.warn('L2 invalidation link down: L1 now answers only as stale, when L2 cannot');
       }
       return;
     }
+    if (this.incoherentSince === undefined) return;
     // Whatever L1 holds from before may have missed invalidations: drop it. Queued writes stay
     // readable from the queue, which is why they live there and not only in L1.
+    const flushed = this.l1.size;
     this.l1.clear();
     this.incoherentSince = undefined;
-    this.options.logger.info('L1 coherent with L2 again; flushed L1');
+    if (this.linkDropped) this.options.logger.info({ flushed }, 'L2 invalidation link back: flushed L1');
+    this.linkDropped = false;
   }
 
   stats(): StoreStats {
