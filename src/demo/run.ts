@@ -2,7 +2,8 @@
 // A dev CA and four identities; three sample AI services, each behind its own sidecar; a gateway
 // sidecar whose outbound listener is the client path. The script shows routing that follows the
 // context key over mTLS, an instance failing and its circuit breaker opening while retries keep
-// the client whole, and the breaker closing again once the instance recovers.
+// the client whole, the breaker closing again once the instance recovers, and a service's context
+// surviving a restart of its sidecar.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -155,6 +156,59 @@ function breakerStates(mesh: Mesh): string {
   return chat.clusters[0]!.endpoints.map((e, i) => `${SERVICE_NAMES[i]}=${e.circuit_breaker}`).join('  ');
 }
 
+/**
+ * The service that owns a session keeps the conversation in its own sidecar's state agent (the
+ * embedded L2 here, every write in the WAL); the sidecar is stopped and started again on the same
+ * ports and data directory, and the context is still there, at the same version.
+ */
+async function contextSurvivesRestart(mesh: Mesh, session: string, instance: string): Promise<void> {
+  const index = mesh.services.findIndex((s) => s.name === instance);
+  const sidecar = mesh.sidecars[index]!;
+  const key = `${session}/conversation`;
+  say(`\n4. Context lives beside its service: ${instance} keeps ${key} in its sidecar's context API (L1 + embedded L2 + WAL).`);
+  const api = (s: Sidecar): string => `http://127.0.0.1:${s.ports.context}/v1/contexts/${key}`;
+  const put = await request(api(sidecar), {
+    method: 'PUT',
+    dispatcher: client,
+    headers: { 'content-type': 'application/json', 'ctxmesh-retention': 'critical' },
+    body: JSON.stringify({ messages: [{ id: 1, role: 'user', text: 'hello' }], model: 'demo-llm' }),
+  });
+  await put.body.dump();
+  const patch = await request(api(sidecar), {
+    method: 'PATCH',
+    dispatcher: client,
+    headers: { 'content-type': 'application/merge-patch+json' },
+    body: JSON.stringify({ summary: 'greeted the user', turns: 2 }),
+  });
+  const written = await patch.body.text();
+  const etag = patch.headers.etag as string;
+  say(`   PUT then PATCH (JSON merge patch) → ${patch.statusCode}, ETag ${etag}`);
+  say(`   ${written}`);
+
+  say(`   restarting ${instance}'s sidecar (same ports, same data directory)…`);
+  await sidecar.close();
+  const config = sidecar.config;
+  const restarted = await Sidecar.start(
+    {
+      ...config,
+      inbound: { ...config.inbound, port: sidecar.ports.inbound },
+      outbound: { ...config.outbound, port: sidecar.ports.outbound },
+      admin: { ...config.admin, port: sidecar.ports.admin },
+      context: { ...config.context, port: sidecar.ports.context },
+    },
+    { logger: sidecar.logger },
+  );
+  mesh.sidecars[index] = restarted;
+  const read = await request(api(restarted), { dispatcher: client });
+  const after = await read.body.text();
+  if (read.statusCode !== 200 || read.headers.etag !== etag || after !== written) {
+    throw new Error(`context ${key} did not survive the restart: ${read.statusCode} ${String(read.headers.etag)} ${after}`);
+  }
+  say(`   GET after the restart → ${read.statusCode}, ETag ${String(read.headers.etag)}: the same context, the same version.`);
+  const turn = await chat(mesh, session);
+  say(`   ${session.padEnd(10)} → ${turn.instance}   (routing still follows the session to the context's owner)`);
+}
+
 async function script(mesh: Mesh): Promise<void> {
   const latencies: number[] = [];
   let clientErrors = 0;
@@ -219,6 +273,8 @@ async function script(mesh: Mesh): Promise<void> {
   say(`   breakers: ${breakerStates(mesh)}`);
   const back = moved.length ? record(await chat(mesh, moved[0]!)) : undefined;
   if (back) say(`   ${moved[0]!.padEnd(10)} → ${back.instance}   (home again)`);
+
+  await contextSurvivesRestart(mesh, SESSIONS[0]!, owner.get(SESSIONS[0]!)!);
 
   latencies.sort((a, b) => a - b);
   const pct = (p: number): string => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!.toFixed(2);

@@ -37,6 +37,9 @@ describe('ctxmesh demo', () => {
     expect(out).toMatch(/its owner chat-2 is failing: the next instance on the ring serves it/);
     expect(out).toMatch(/client-visible errors: 0\b/);
     // After recovery the half-open probe succeeds and every breaker is closed again.
+    // The restarted sidecar reads the context back from its WAL: same body, same ETag (the demo
+    // itself fails if either differs).
+    expect(out).toMatch(/GET after the restart → 200, ETag "[^"]+": the same context, the same version\./);
     expect(out).toMatch(/Summary[\s\S]*breakers: chat-1=closed {2}chat-2=closed {2}chat-3=closed/);
     expect(out).toMatch(/stopped\./);
   }, 60_000);
