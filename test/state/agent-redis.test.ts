@@ -87,6 +87,38 @@ describe('state agent over Redis', () => {
     expect([stale.status, stale.headers['x-ctxmesh-error']]).toEqual([412, 'precondition_failed']);
   });
 
+  it('ETag race between writers on two sidecars: exactly one conditional write wins', async () => {
+    const redis = await startRedis(closers);
+    const a = await stateSidecar('node-a', redis.url);
+    const b = await stateSidecar('node-b', redis.url);
+    const etag = (await call(a.api, 'PUT', 'acme/race', 'base')).headers.etag as string;
+    await call(b.api, 'GET', 'acme/race'); // B holds it in L1 too
+    const replies = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => call(i % 2 ? a.api : b.api, 'PUT', 'acme/race', `writer-${i}`, { 'if-match': etag })),
+    );
+    const winners = replies.map((r, i) => (r.status === 204 ? i : -1)).filter((i) => i >= 0);
+    expect(winners).toHaveLength(1);
+    expect(replies.filter((r) => r.status === 412)).toHaveLength(19);
+    await until(async () => (await call(a.api, 'GET', 'acme/race')).body === `writer-${winners[0]}`, 5_000, 'A to see the winner');
+    await until(async () => (await call(b.api, 'GET', 'acme/race')).body === `writer-${winners[0]}`, 5_000, 'B to see the winner');
+  });
+
+  it('evicts normal contexts from L1 before critical ones; evicted ones are read back from L2', async () => {
+    const redis = await startRedis(closers);
+    // Room for about five 4 KiB values.
+    const a = await stateSidecar('node-a', redis.url, { l1: { maxBytes: '21KiB' } });
+    const big = (tag: string) => tag.padEnd(4096, '.');
+    for (let i = 0; i < 3; i++) await call(a.api, 'PUT', `acme/critical${i}`, big(`c${i}`), { 'ctxmesh-retention': 'critical' });
+    for (let i = 0; i < 6; i++) await call(a.api, 'PUT', `acme/normal${i}`, big(`n${i}`));
+    for (let i = 0; i < 3; i++) {
+      const reply = await call(a.api, 'GET', `acme/critical${i}`);
+      expect([reply.headers['ctxmesh-tier'], reply.headers['ctxmesh-retention']]).toEqual(['l1', 'critical']);
+    }
+    const first = await call(a.api, 'GET', 'acme/normal0');
+    expect([first.headers['ctxmesh-tier'], first.body]).toEqual(['l2', big('n0')]);
+    expect(a.sidecar.state!.store.stats().l1.evictions).toBeGreaterThanOrEqual(4);
+  });
+
   it('flushes L1 when the invalidation link drops, and reads through L2 until it is back', async () => {
     const redis = await startRedis(closers);
     const a = await stateSidecar('node-a', redis.url);
