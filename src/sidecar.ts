@@ -77,6 +77,7 @@ export class Sidecar implements AdminTarget {
       configDump: () => sidecar!.configDump(),
       clusters: () => sidecar!.clusters(),
       stateStats: () => sidecar!.stateStats(),
+      checkpointAdmin: () => sidecar!.state,
       drain: () => sidecar!.drain(),
     }));
 
@@ -113,6 +114,10 @@ export class Sidecar implements AdminTarget {
       listeners: { ...this.ports },
       config: this.config,
     };
+  }
+
+  checkpointAdmin(): StateAgent | undefined {
+    return this.state;
   }
 
   stateStats(): object | undefined {

@@ -5,6 +5,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sendError } from '../errors/respond.js';
 import { MeshError } from '../errors/table.js';
 
+/** The checkpoint operations `ctxmesh checkpoint … -c sidecar.yaml` runs online. */
+export interface CheckpointAdmin {
+  createCheckpoint(reason?: string): Promise<object>;
+  listCheckpoints(): Promise<object[]>;
+  verifyCheckpoints(key?: string): Promise<object & { ok: boolean }>;
+  erase(key: string): Promise<object>;
+}
+
 export interface AdminTarget {
   readonly ready: boolean;
   readonly draining: boolean;
@@ -13,6 +21,8 @@ export interface AdminTarget {
   clusters(): object;
   /** The state agent's tiers (sizes, hit ratios, queue); undefined when it is disabled. */
   stateStats(): object | undefined;
+  /** Checkpoint operations; undefined when the state agent is disabled. */
+  checkpointAdmin(): CheckpointAdmin | undefined;
   /** Starts draining; resolves when drained. */
   drain(): Promise<void>;
 }
@@ -44,6 +54,23 @@ export function createAdminServer(target: AdminTarget): http.Server {
         json(res, 200, state);
       },
     },
+    '/checkpoints': {
+      GET: withCheckpoints(async (c, _req, res) => json(res, 200, { checkpoints: await c.listCheckpoints() })),
+      POST: withCheckpoints(async (c, req, res) => json(res, 201, await c.createCheckpoint(queryParam(req, 'reason') ?? 'manual'))),
+    },
+    '/checkpoints/verify': {
+      POST: withCheckpoints(async (c, req, res) => {
+        const report = await c.verifyCheckpoints(queryParam(req, 'key'));
+        json(res, report.ok ? 200 : 409, report);
+      }),
+    },
+    '/checkpoints/erase': {
+      POST: withCheckpoints(async (c, req, res) => {
+        const key = queryParam(req, 'key');
+        if (!key) return sendError(res, new MeshError('bad_request', 'erase needs ?key=<context key or prefix>'));
+        json(res, 200, await c.erase(key));
+      }),
+    },
     '/drain': {
       POST: (_req, res) => {
         void target.drain();
@@ -51,6 +78,14 @@ export function createAdminServer(target: AdminTarget): http.Server {
       },
     },
   };
+
+  function withCheckpoints(route: (c: CheckpointAdmin, req: IncomingMessage, res: ServerResponse) => Promise<void>): Route {
+    return (req, res) => {
+      const admin = target.checkpointAdmin();
+      if (!admin) return sendError(res, new MeshError('not_found', 'the state agent is disabled (context.enabled: false)'));
+      return route(admin, req, res);
+    };
+  }
 
   return http.createServer(async (req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -64,6 +99,10 @@ export function createAdminServer(target: AdminTarget): http.Server {
       sendError(res, new MeshError('internal', (err as Error).message));
     }
   });
+}
+
+function queryParam(req: IncomingMessage, name: string): string | undefined {
+  return new URL(req.url ?? '/', 'http://admin').searchParams.get(name) ?? undefined;
 }
 
 function text(res: ServerResponse, status: number, body: string): void {

@@ -2,6 +2,7 @@
 // The `ctxmesh` command. Each verb lives in its own module and registers itself here.
 import { Command } from 'commander';
 import { registerCerts } from './certs.js';
+import { registerCheckpoint } from './checkpoint.js';
 import { registerDemo } from './demo.js';
 import { registerInject } from './inject.js';
 import { registerIptables } from './iptables.js';
@@ -20,6 +21,7 @@ const program = new Command('ctxmesh')
 
 registerSidecar(program);
 registerCerts(program);
+registerCheckpoint(program);
 registerDemo(program);
 registerIptables(program);
 registerInject(program);

@@ -247,10 +247,30 @@ const ContextSchema = z.strictObject({
     .prefault({}),
   checkpoint: z
     .strictObject({
-      /** Directory of the WAL, snapshots and the L1 hot-key list. Default ./data/<node.id>. */
+      /** Directory of the WAL, snapshots, the audit log and the L1 hot-key list. Default ./data/<node.id>. */
       dir: z.string().optional(),
-      /** Snapshot interval. Default 60s. */
-      interval: duration().default(60_000),
+      /** Snapshot interval, 30s to 5m. Default 60s. */
+      interval: duration()
+        .default(60_000)
+        .refine((ms) => ms >= 30_000 && ms <= 300_000, 'interval must be between 30s and 5m'),
+      /** A snapshot is also taken after this many writes since the last one; 0 disables. Default 100000. */
+      changedWrites: z.number().int().nonnegative().default(100_000),
+      /** … or after this many bytes written since the last one; 0 disables. Default 256MiB. */
+      changedBytes: size().default(256 * 1024 ** 2),
+      /** An incremental chain is closed by a full snapshot after this many incrementals. Default 10. */
+      fullEvery: z.number().int().positive().default(10),
+      retention: z
+        .strictObject({
+          /** Snapshots kept (and the WAL they need); 1 to 1000. Default 100. */
+          count: z.number().int().min(1).max(1_000).default(100),
+          /** Snapshots older than this are removed (never one a kept snapshot builds on). Default: no age limit. */
+          maxAge: duration().optional(),
+        })
+        .prefault({}),
+      /** Compress snapshot blocks (deflate). Default false: snapshots are disk-bound, not size-bound. */
+      compress: z.boolean().default(false),
+      /** File with a 32-byte key (raw, hex or base64): snapshots are encrypted at rest with AES-256-GCM. */
+      encryptionKeyFile: z.string().optional(),
     })
     .prefault({}),
 });

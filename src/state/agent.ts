@@ -1,5 +1,6 @@
-// The state agent, assembled: L2 (Redis or memory), the WAL and what it replays, the tiered store,
-// L1 warming, the context API on 127.0.0.1, and the tier figures in /metrics.
+// The state agent, assembled: L2 (Redis or memory), recovery (snapshot chain + WAL), the tiered
+// store, checkpoints of the embedded L2, L1 warming, the context API on 127.0.0.1, GDPR erase, and
+// the tier figures in /metrics.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { rename, writeFile } from 'node:fs/promises';
@@ -14,9 +15,14 @@ import { createContextApiServer } from './api/server.js';
 import type { L2Tier } from './cache/l2.js';
 import { MemoryL2 } from './cache/memory-l2.js';
 import { RedisL2 } from './cache/redis-l2.js';
+import { ENTRY_IN_L2, ENTRY_PENDING_L2, decodeWalEntry, keyCovered, withKind } from './checkpoint/entries.js';
+import { eraseFromSnapshots, redactKey, scanForKey, writeAudit, type EraseReport, type KeyScan } from './checkpoint/erase.js';
+import { CheckpointManager, restoreMetrics } from './checkpoint/manager.js';
+import { rebuild } from './checkpoint/rebuild.js';
+import { loadEncryptionKey, verifySnapshot, type SnapshotSummary } from './checkpoint/snapshot-file.js';
 import { Wal } from './checkpoint/wal.js';
 import { LocalStore } from './local-store.js';
-import { decodeKeyedRecord, encodeKeyedRecord, recordSize, type ContextRecord } from './record.js';
+import { recordSize, type ContextRecord } from './record.js';
 import type { Consistency, StoreStats } from './store.js';
 import { versionNodeTag } from './version.js';
 
@@ -26,12 +32,6 @@ const HOT_KEYS_SAVE_INTERVAL_MS = 60_000;
 const WARM_BATCH = 256;
 const HOT_KEYS_FILE = 'l1-hot.keys';
 const FLUSHED_FILE = 'l2-flushed.lsn';
-
-// A WAL entry says whether its write was already in L2 when it was logged (write-through) or
-// still on its way there (write-behind): only the latter is replayed into L2 after a crash, so a
-// restart never pushes back a value that another sidecar has since replaced.
-const ENTRY_IN_L2 = 1;
-const ENTRY_PENDING_L2 = 2;
 
 export interface StateAgentOptions {
   logger: Logger;
@@ -46,6 +46,9 @@ export class StateAgent {
   private flushedLsn = 0;
   private markerWrite: Promise<void> = Promise.resolve();
   private closed: Promise<void> | undefined;
+  /** Snapshots of the embedded L2; with Redis, Redis's own persistence covers L2. */
+  checkpoints: CheckpointManager | undefined;
+  private encryptionKey: Buffer | undefined;
 
   private constructor(
     private readonly config: SidecarConfig,
@@ -67,10 +70,12 @@ export class StateAgent {
       ctx.l2.backend === 'redis'
         ? new RedisL2({ ...ctx.l2, url: ctx.l2.url!, instanceId: `${nodeTag}-${randomBytes(4).toString('hex')}`, logger, random: options.random })
         : new MemoryL2(options.now);
+    const encryptionKey = ctx.checkpoint.encryptionKeyFile === undefined ? undefined : loadEncryptionKey(ctx.checkpoint.encryptionKeyFile);
     const wal = await Wal.open({ dir: join(dir, 'wal'), ...ctx.wal });
     if (wal.openReport.torn) logger.warn({ torn: wal.openReport.torn }, 'WAL: cut a torn or corrupt tail; recovered up to the last valid record');
 
     let agent: StateAgent | undefined;
+    let checkpoints: CheckpointManager | undefined;
     const writeBehind = ctx.writeMode === 'write-behind';
     const store = new LocalStore({
       nodeTag,
@@ -79,7 +84,12 @@ export class StateAgent {
       writeMode: ctx.writeMode,
       writeBehind: ctx.writeBehind,
       l2,
-      wal: { append: (payload) => wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload)) },
+      wal: {
+        append: (payload) => {
+          checkpoints?.noteWrite(payload.length);
+          return wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload));
+        },
+      },
       onFlushed: (lsn) => agent?.recordFlushed(lsn),
       logger,
       now: options.now,
@@ -87,9 +97,39 @@ export class StateAgent {
     });
 
     const ready = l2.ready().catch((err: Error) => logger.warn({ err: err.message }, 'L2 not reachable at start; continuing, it will be retried'));
-    const flushed = readNumber(join(dir, FLUSHED_FILE));
-    const replay = await recover(wal, l2, store, flushed);
-    logger.info({ ...replay, backend: l2.kind, writeMode: ctx.writeMode }, 'state recovered from the WAL');
+    const restoreStarted = performance.now();
+    let flushed = readNumber(join(dir, FLUSHED_FILE));
+    if (l2 instanceof MemoryL2) {
+      const report = await rebuild({ dir, encryptionKey, replay: (after, onRecord) => wal.replay(after, onRecord) }, { kind: 'latest' }, {
+        reset: () => l2.clear(),
+        apply: (record) => {
+          store.observe(record.version);
+          l2.apply(record);
+        },
+      });
+      for (const skipped of report.skipped) logger.error(skipped, 'checkpoint chain unreadable; falling back to an older one');
+      if (report.torn) logger.warn({ torn: report.torn }, 'WAL replay stopped at a torn or corrupt record');
+      logger.info({ chain: report.chain, snapshotRecords: report.snapshotRecords, walRecords: report.walRecords, contexts: l2.size }, 'state recovered');
+      // Everything in the WAL is in the embedded L2 now.
+      flushed = wal.lastLsn;
+      checkpoints = new CheckpointManager({
+        dir,
+        config: ctx.checkpoint,
+        wal,
+        l2,
+        nodeTag,
+        coveredLsn: () => (writeBehind ? (agent?.flushedLsn ?? flushed) : wal.lastLsn),
+        frontier: () => store.clock.current,
+        encryptionKey,
+        registry: options.metrics.registry,
+        logger,
+        loaded: report.chain.length ? { tip: report.chain.at(-1)!, incrementals: report.chain.length - 1 } : undefined,
+      });
+    } else {
+      const replay = await requeue(wal, store, flushed);
+      logger.info({ ...replay, backend: l2.kind, writeMode: ctx.writeMode }, 'state recovered from the WAL');
+    }
+    restoreMetrics(options.metrics.registry).set((performance.now() - restoreStarted) / 1000);
     await ready;
 
     const requests = registerMetrics(options.metrics, store);
@@ -102,7 +142,10 @@ export class StateAgent {
     });
     agent = new StateAgent(config, store, l2, wal, server, dir, logger);
     agent.flushedLsn = flushed;
+    agent.checkpoints = checkpoints;
+    agent.encryptionKey = encryptionKey;
     store.start();
+    checkpoints?.start();
     try {
       const warmed = await agent.warm();
       if (warmed.keys > 0) logger.info(warmed, 'L1 warmed with the previous run’s hottest contexts');
@@ -177,12 +220,89 @@ export class StateAgent {
     );
   }
 
+  /** Takes a checkpoint now (`ctxmesh checkpoint create`, or before a deploy). */
+  createCheckpoint(reason = 'manual'): Promise<SnapshotSummary> {
+    if (!this.checkpoints) return Promise.reject(new Error('checkpoints cover the embedded L2 (context.l2.backend: memory); with Redis, use Redis persistence (AOF/RDB)'));
+    return this.checkpoints.create(reason);
+  }
+
+  async listCheckpoints(): Promise<object[]> {
+    return ((await this.checkpoints?.list()) ?? []).map((e) => e.header);
+  }
+
+  /** Reads every snapshot through and checks the WAL: what `ctxmesh checkpoint verify` reports online. */
+  verifyCheckpoints(key?: string): Promise<{ ok: boolean; snapshots: object[]; wal: object; key?: KeyScan }> {
+    const run = async () => {
+      const snapshots: Array<{ id: string; ok: boolean; records?: number; error?: string }> = [];
+      for (const entry of (await this.checkpoints?.list()) ?? []) {
+        const result = await verifySnapshot(entry.path, { key: this.encryptionKey });
+        snapshots.push(result.ok ? { id: entry.header.id, ok: true, records: result.summary.records } : { id: entry.header.id, ok: false, error: result.error.message });
+      }
+      // The WAL is read from its oldest retained segment (older ones are trimmed after checkpoints).
+      const first = (await this.wal.segments())[0];
+      const from = first ? first.firstLsn - 1 : 0;
+      const wal = await this.wal.replay(from, () => undefined);
+      const scan = key === undefined ? undefined : await scanForKey(this.dir, key, this.encryptionKey, (onRecord) => this.wal.replay(from, onRecord));
+      const ok = snapshots.every((s) => s.ok) && !wal.torn && (!scan || scan.snapshotRecords + scan.walRecords === 0);
+      return { ok, snapshots, wal, ...(scan ? { key: scan } : {}) };
+    };
+    return this.checkpoints ? this.checkpoints.exclusive(run) : run();
+  }
+
+  /**
+   * GDPR erase, online: the key (and everything under `key/`) leaves the live tiers, every snapshot
+   * and every WAL segment, and an audit record says so. No snapshot runs meanwhile.
+   */
+  erase(key: string): Promise<EraseReport> {
+    const run = async (): Promise<EraseReport> => {
+      const liveRemoved = await this.removeLive(key);
+      await this.wal.rollSegment();
+      const wal = await this.wal.rewriteSegments(redactKey(key));
+      const snapshots = await eraseFromSnapshots(this.dir, key, this.encryptionKey);
+      const report: EraseReport = { key, snapshotsRewritten: snapshots.rewritten, snapshotRecordsRemoved: snapshots.removed, walRecordsRedacted: wal.rewritten, liveRemoved };
+      await writeAudit(this.dir, report);
+      const { key: _key, ...counts } = report;
+      this.logger.info(counts, 'erased a key from the live tiers, the snapshots and the WAL');
+      return report;
+    };
+    return this.checkpoints ? this.checkpoints.exclusive(run) : run();
+  }
+
+  private async removeLive(target: string): Promise<number> {
+    let removed = 0;
+    if (this.l2 instanceof MemoryL2) {
+      for (const record of [...this.l2.entries()]) {
+        if (!keyCovered(record.key, target)) continue;
+        this.l2.erase(record.key);
+        this.store.l1.delete(record.key);
+        removed++;
+      }
+      return removed;
+    }
+    const keys = [target];
+    for (let after: string | undefined; ; ) {
+      const page = await this.l2.list(`${target.replace(/\/$/, '')}/`, after, 1_000);
+      keys.push(...page.keys);
+      if (!page.next) break;
+      after = page.next;
+    }
+    for (const key of keys) {
+      const existed = await this.l2.get(key);
+      if (!existed) continue;
+      await this.l2.write({ ...existed, value: Buffer.alloc(0), tombstone: true }, { kind: 'any' });
+      this.store.l1.delete(key);
+      removed++;
+    }
+    return removed;
+  }
+
   close(flushTimeoutMs = 2_000): Promise<void> {
     this.closed ??= (async () => {
       clearInterval(this.hotKeysTimer);
       this.server.closeAllConnections();
       await new Promise<void>((done) => (this.server.listening ? this.server.close(() => done()) : done()));
       await this.store.close(flushTimeoutMs);
+      await this.checkpoints?.close();
       await this.markerWrite;
       await this.saveHotKeys();
       await this.wal.close();
@@ -193,42 +313,18 @@ export class StateAgent {
 }
 
 /**
- * Brings the tiers back to where the WAL says they were. The embedded L2 lives in memory, so the
- * whole log is replayed into it; with Redis, only write-behind entries that had not reached it
- * (after the flushed position) go back into the queue.
+ * With Redis, L2 keeps itself; what the WAL holds for it is the write-behind entries that had not
+ * reached it (after the flushed position): they go back into the queue, in order.
  */
-async function recover(wal: Wal, l2: L2Tier, store: LocalStore, flushedLsn: number) {
-  if (l2 instanceof MemoryL2) {
-    const report = await wal.replay(0, (_lsn, payload) => {
-      const record = decodeKeyedRecord(payload.subarray(1));
-      store.observe(record.version);
-      l2.apply(record);
-    });
-    return { replayed: report.records, contexts: l2.size };
-  }
+async function requeue(wal: Wal, store: LocalStore, flushedLsn: number) {
   let queued = 0;
   const report = await wal.replay(flushedLsn, (lsn, payload) => {
-    if (payload[0] !== ENTRY_PENDING_L2) return;
-    store.replayQueued(decodeKeyedRecord(payload.subarray(1)), lsn);
+    const entry = decodeWalEntry(payload);
+    if (entry.redacted || !entry.pendingL2) return;
+    store.replayQueued(entry.record, lsn);
     queued++;
   });
   return { replayed: report.records, requeued: queued };
-}
-
-function withKind(kind: number, payload: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(payload.length + 1);
-  out[0] = kind;
-  payload.copy(out, 1);
-  return out;
-}
-
-// Exported for the checkpoint tooling, which reads the same entries.
-export function decodeWalEntry(payload: Buffer): { record: ContextRecord; pendingL2: boolean } {
-  return { record: decodeKeyedRecord(payload.subarray(1)), pendingL2: payload[0] === ENTRY_PENDING_L2 };
-}
-
-export function encodeWalEntry(record: ContextRecord, pendingL2: boolean): Buffer {
-  return withKind(pendingL2 ? ENTRY_PENDING_L2 : ENTRY_IN_L2, encodeKeyedRecord(record));
 }
 
 function registerMetrics(metrics: MeshMetrics, store: LocalStore) {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +44,25 @@ async function readAll(wal: Wal, afterLsn = 0) {
 }
 
 const payload = (n: number) => `payload-${n}-${'p'.repeat(n % 29)}`;
+
+// 40-byte payloads make 56-byte records; with 200-byte segments that is 4 records each:
+// wal-1 (1-4), wal-5 (5-8), wal-9 (9-12)…
+const RECORD_BYTES = WAL_RECORD_HEADER_BYTES + 40;
+const body = (n: number) => `record ${String(n).padStart(2, '0')} `.padEnd(40, '.');
+
+function flipByte(file: string, offset: number, mask = 0x01): void {
+  const data = readFileSync(file);
+  data[offset]! ^= mask;
+  writeFileSync(file, data);
+}
+
+/** This source compiled on the spot into `dir`, for child processes: they never run a stale build. */
+function compiledWal(dir: string): string {
+  const source = readFileSync(join(ROOT, 'src/state/checkpoint/wal.ts'), 'utf8');
+  const compiled = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 } });
+  writeFileSync(join(dir, 'wal.mjs'), compiled.outputText);
+  return join(dir, 'wal.mjs');
+}
 
 /** What the WAL did to its files, in order, with the acknowledgements the test adds. */
 interface Trace {
@@ -207,11 +226,6 @@ describe('Wal', () => {
   });
 
   describe('a torn or corrupt log', () => {
-    // 40-byte payloads make 56-byte records; with 200-byte segments that is 4 records each:
-    // wal-1 (1-4), wal-5 (5-8), wal-9 (9-12).
-    const RECORD_BYTES = WAL_RECORD_HEADER_BYTES + 40;
-    const body = (n: number) => `record ${String(n).padStart(2, '0')} `.padEnd(40, '.');
-
     async function writeLog(): Promise<string> {
       const dir = tempDir();
       const wal = await Wal.open({ dir, fsync: 'none', batchInterval: 0, segmentBytes: 200 });
@@ -219,12 +233,6 @@ describe('Wal', () => {
       await wal.close();
       expect(readdirSync(dir).sort()).toEqual([segmentName(1), segmentName(5), segmentName(9)]);
       return dir;
-    }
-
-    function flipByte(file: string, offset: number, mask = 0x01): void {
-      const data = readFileSync(file);
-      data[offset]! ^= mask;
-      writeFileSync(file, data);
     }
 
     /** Open cuts the bad tail at `offset` in the last segment, keeping `kept` records, and the
@@ -300,14 +308,8 @@ describe('Wal', () => {
 
   it('keeps every acknowledged record when the writer is SIGKILLed', async () => {
     const dir = tempDir();
-    // The fixture is plain JS; give it this source compiled on the spot, so it never runs a
-    // stale build.
-    const source = readFileSync(join(ROOT, 'src/state/checkpoint/wal.ts'), 'utf8');
-    const compiled = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 } });
-    writeFileSync(join(dir, 'wal.mjs'), compiled.outputText);
     const walDir = join(dir, 'wal');
-
-    const child = spawn(process.execPath, [join(HERE, 'fixtures', 'wal-writer.mjs'), join(dir, 'wal.mjs'), walDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [join(HERE, 'fixtures', 'wal-writer.mjs'), compiledWal(dir), walDir], { stdio: ['ignore', 'pipe', 'pipe'] });
     const acked = new Map<number, string>();
     let stderr = '';
     let partial = '';
@@ -381,5 +383,217 @@ describe('Wal', () => {
 
     const reopened = await openWal({ dir });
     expect((await readAll(reopened)).records).toEqual([[1, 'last words']]);
+  });
+
+  describe('closed segments: roll, rewrite (erasure), offline access', () => {
+    const ERASED = Buffer.from('erased');
+    const eraseLsns = (lsns: number[]) => (lsn: number) => (lsns.includes(lsn) ? ERASED : undefined);
+    const expectedRecords = (count: number, erased: number[]) =>
+      Array.from({ length: count }, (_, i) => [i + 1, erased.includes(i + 1) ? 'erased' : body(i + 1)]);
+    const file = (dir: string, firstLsn: number) => join(dir, segmentName(firstLsn));
+
+    async function appendRecords(wal: Wal, from: number, to: number): Promise<void> {
+      for (let n = from; n <= to; n++) expect(await wal.append(Buffer.from(body(n)))).toBe(n);
+    }
+
+    /** 12 records in wal-1, wal-5, wal-9, written by a Wal that is then closed. */
+    async function closedLog(): Promise<string> {
+      const dir = tempDir();
+      const wal = await Wal.open({ dir, fsync: 'none', batchInterval: 0, segmentBytes: 200 });
+      await appendRecords(wal, 1, 12);
+      await wal.close();
+      return dir;
+    }
+
+    it('rollSegment writes and fsyncs what is queued, then appends go to a new segment and the old one never changes', async () => {
+      const dir = tempDir();
+      const trace: Trace = { events: [], writes: 0, syncs: 0 };
+      const wal = await openWal({ dir, fsync: 'none', openFile: tracedFiles(trace) });
+      const before = [1, 2, 3].map((n) => wal.append(Buffer.from(body(n))));
+      const rolled = wal.rollSegment();
+      const after = wal.append(Buffer.from(body(4))); // queued behind the roll: the new segment
+      await rolled;
+      expect(await Promise.all(before)).toEqual([1, 2, 3]);
+      expect(await after).toBe(4);
+      expect(trace.events).toEqual(['write', 'sync', 'write']); // fsynced at the roll, even under `none`
+      expect((await wal.segments()).map((s) => [s.firstLsn, s.bytes])).toEqual([[1, 3 * RECORD_BYTES], [4, RECORD_BYTES]]);
+
+      const closed = readFileSync(file(dir, 1));
+      await appendRecords(wal, 5, 9);
+      await wal.rollSegment();
+      await wal.rollSegment(); // nothing written since: no empty segment
+      await appendRecords(wal, 10, 10);
+      expect((await wal.segments()).map((s) => s.firstLsn)).toEqual([1, 4, 10]);
+      expect(readFileSync(file(dir, 1))).toEqual(closed);
+      await wal.close();
+      await expect(wal.rollSegment()).rejects.toMatchObject({ code: 'WAL_CLOSED' });
+
+      const reopened = await openWal({ dir });
+      expect(reopened.openReport).toEqual({ records: 10, firstLsn: 1, lastLsn: 10 });
+      expect((await readAll(reopened)).records).toEqual(expectedRecords(10, []));
+    });
+
+    it('rewriteSegments replaces chosen payloads in closed segments at the same LSNs, never the active one', async () => {
+      const dir = tempDir();
+      const wal = await openWal({ dir, segmentBytes: 200 });
+      await appendRecords(wal, 1, 14); // wal-1, wal-5, wal-9 closed; wal-13 active
+      const stats = new Map([1, 5, 9, 13].map((lsn) => [lsn, statSync(file(dir, lsn))]));
+      const active = readFileSync(file(dir, 13));
+
+      const seen: number[] = [];
+      const progress: Array<[number, number]> = [];
+      const result = await wal.rewriteSegments(
+        (lsn, payload) => {
+          seen.push(lsn);
+          expect(payload.toString()).toBe(body(lsn));
+          return [2, 3, 10, 14].includes(lsn) ? ERASED : lsn === 6 ? Buffer.from(body(6)) : undefined; // same bytes: no change
+        },
+        { onProgress: (done, total) => progress.push([done, total]) },
+      );
+      expect(result).toEqual({ segments: 2, rewritten: 3 });
+      expect(seen).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+      expect(progress).toEqual([[1, 3], [2, 3], [3, 3]]);
+      // Rewritten segments are new files (renamed over the old); the others were not touched.
+      expect(statSync(file(dir, 1)).ino).not.toBe(stats.get(1)!.ino);
+      expect(statSync(file(dir, 9)).ino).not.toBe(stats.get(9)!.ino);
+      for (const lsn of [5, 13]) {
+        expect(statSync(file(dir, lsn))).toMatchObject({ ino: stats.get(lsn)!.ino, mtimeMs: stats.get(lsn)!.mtimeMs });
+      }
+      expect(readFileSync(file(dir, 13))).toEqual(active);
+      expect(readdirSync(dir).filter((name) => name.endsWith('.tmp'))).toEqual([]);
+
+      expect(await readAll(wal)).toEqual({ records: expectedRecords(14, [2, 3, 10]), report: { records: 14, firstLsn: 1, lastLsn: 14 } });
+      expect(await wal.append(Buffer.from(body(15)))).toBe(15);
+
+      // Rolling first brings the active segment's records in.
+      await wal.rollSegment();
+      expect(await wal.rewriteSegments(eraseLsns([14]))).toEqual({ segments: 1, rewritten: 1 });
+      await appendRecords(wal, 16, 16);
+      await wal.close();
+
+      const reopened = await openWal({ dir, segmentBytes: 200 });
+      expect(reopened.openReport).toEqual({ records: 16, firstLsn: 1, lastLsn: 16 }); // CRCs check out: no torn tail
+      expect(await readAll(reopened)).toEqual({ records: expectedRecords(16, [2, 3, 10, 14]), report: { records: 16, firstLsn: 1, lastLsn: 16 } });
+    });
+
+    it('a corrupt record in a closed segment rejects the rewrite and leaves that segment as it is', async () => {
+      const dir = await closedLog();
+      flipByte(file(dir, 5), 2 * RECORD_BYTES + WAL_RECORD_HEADER_BYTES); // record 7
+      const wal = await openWal({ dir, segmentBytes: 200 });
+      await wal.rollSegment();
+      const damaged = statSync(file(dir, 5));
+      const bytes = readFileSync(file(dir, 5));
+
+      await expect(wal.rewriteSegments(eraseLsns([2, 6, 10]))).rejects.toMatchObject({
+        code: 'WAL_CORRUPT',
+        message: `segment ${segmentName(5)}: crc mismatch at offset ${2 * RECORD_BYTES}; left as it is; 1 earlier segment(s) were rewritten`,
+      });
+      expect(readFileSync(file(dir, 5))).toEqual(bytes);
+      expect(statSync(file(dir, 5)).ino).toBe(damaged.ino);
+      expect(readdirSync(dir).filter((name) => name.endsWith('.tmp'))).toEqual([]);
+      const { records } = await readAll(wal);
+      expect(records).toEqual(expectedRecords(6, [2])); // wal-1 done, wal-9 never reached
+    });
+
+    it('a failed write of the new segment leaves the old one and no .tmp behind', async () => {
+      const dir = await closedLog();
+      const original = readFileSync(file(dir, 1));
+      const failingFiles = async (path: string): Promise<WalFile> => {
+        const real = await openSegmentFile(path);
+        return {
+          writev: async () => { throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }); },
+          datasync: () => real.datasync(),
+          truncate: (length) => real.truncate(length),
+          close: () => real.close(),
+        };
+      };
+      await expect(Wal.rewriteDirectory(dir, eraseLsns([2]), { openFile: failingFiles })).rejects.toMatchObject({ code: 'ENOSPC' });
+      expect(readFileSync(file(dir, 1))).toEqual(original);
+      expect(readdirSync(dir).sort()).toEqual([segmentName(1), segmentName(5), segmentName(9)]);
+    });
+
+    it('a rewrite SIGKILLed between writing the .tmp and the rename leaves the old segment, and open removes the .tmp', async () => {
+      const dir = await closedLog();
+      const original = readFileSync(file(dir, 1));
+      const script = join(dir, 'rewriter.mjs');
+      writeFileSync(script, `
+        import { pathToFileURL } from 'node:url';
+        const [modulePath, dir] = process.argv.slice(2);
+        const { Wal, openSegmentFile } = await import(pathToFileURL(modulePath).href);
+        setTimeout(() => process.exit(1), 30_000); // never outlive a test that forgot to kill us
+        await Wal.rewriteDirectory(dir, (lsn) => (lsn === 2 ? Buffer.from('erased') : undefined), {
+          openFile: async (path) => {
+            const file = await openSegmentFile(path);
+            return {
+              writev: (buffers, position) => file.writev(buffers, position),
+              truncate: (length) => file.truncate(length),
+              close: () => file.close(),
+              async datasync() {
+                await file.datasync();
+                process.stdout.write('tmp written\\n');
+                await new Promise(() => {}); // wait here for the kill, before the rename
+              },
+            };
+          },
+        });`);
+      const moduleDir = tempDir();
+      const child = spawn(process.execPath, [script, compiledWal(moduleDir), dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.on('data', (chunk: Buffer) => chunk.toString().includes('tmp written') && resolve());
+        child.once('exit', (code) => reject(new Error(`the rewriter exited with ${code}: ${stderr}`)));
+      });
+      child.kill('SIGKILL');
+      expect(await exited).toBe('SIGKILL');
+
+      const temp = `${file(dir, 1)}.tmp`;
+      expect(readFileSync(temp).includes('erased')).toBe(true);
+      expect(readFileSync(file(dir, 1))).toEqual(original);
+      const offline: Array<[number, string]> = [];
+      expect(await Wal.replayDirectory(dir, 0, (lsn, bytes) => offline.push([lsn, bytes.toString()]))).toEqual({ records: 12, firstLsn: 1, lastLsn: 12 });
+      expect(offline).toEqual(expectedRecords(12, []));
+      expect(existsSync(temp)).toBe(true); // replayDirectory only reads
+
+      const wal = await openWal({ dir, segmentBytes: 200 });
+      expect(existsSync(temp)).toBe(false);
+      expect(wal.openReport).toEqual({ records: 12, firstLsn: 1, lastLsn: 12 });
+      expect((await readAll(wal)).records).toEqual(expectedRecords(12, []));
+    });
+
+    it('offline: rewriteDirectory treats the last segment as closed; replayDirectory reads without opening for append', async () => {
+      const dir = await closedLog();
+      expect(await Wal.rewriteDirectory(dir, eraseLsns([3, 12]))).toEqual({ segments: 2, rewritten: 2 });
+      const offline: Array<[number, string]> = [];
+      expect(await Wal.replayDirectory(dir, 4, (lsn, bytes) => offline.push([lsn, bytes.toString()]))).toEqual({ records: 8, firstLsn: 5, lastLsn: 12 });
+      expect(offline).toEqual(expectedRecords(12, [3, 12]).slice(4));
+      expect((await Wal.segmentsInDirectory(dir)).map((s) => s.firstLsn)).toEqual([1, 5, 9]);
+
+      const wal = await openWal({ dir, segmentBytes: 200 });
+      expect(wal.openReport).toEqual({ records: 12, firstLsn: 1, lastLsn: 12 });
+      expect((await readAll(wal)).records).toEqual(expectedRecords(12, [3, 12]));
+    });
+
+    it('offline: replayDirectory reports a torn tail without cutting it; rewriteDirectory rejects it untouched', async () => {
+      const dir = await closedLog();
+      const torn = 3 * RECORD_BYTES + 20;
+      truncateSync(file(dir, 9), torn);
+      const bytes = readFileSync(file(dir, 9));
+
+      const offline: number[] = [];
+      expect(await Wal.replayDirectory(dir, 0, (lsn) => offline.push(lsn))).toEqual({
+        records: 11, firstLsn: 1, lastLsn: 11, torn: { segment: segmentName(9), offset: 3 * RECORD_BYTES, reason: 'torn payload' },
+      });
+      expect(offline).toEqual(Array.from({ length: 11 }, (_, i) => i + 1));
+      expect(statSync(file(dir, 9)).size).toBe(torn);
+
+      await expect(Wal.rewriteDirectory(dir, eraseLsns([10]))).rejects.toMatchObject({
+        code: 'WAL_CORRUPT',
+        message: `segment ${segmentName(9)}: torn payload at offset ${3 * RECORD_BYTES}; left as it is`,
+      });
+      expect(readFileSync(file(dir, 9))).toEqual(bytes);
+      await expect(Wal.replayDirectory(dir, 0, () => {})).resolves.toMatchObject({ records: 11 });
+    });
   });
 });

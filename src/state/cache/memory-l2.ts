@@ -1,14 +1,35 @@
 // The embedded L2: an in-process map, for the demo and a single developer. Nothing is shared, so
-// there is nothing to invalidate; durability comes from the WAL, which is replayed into it at start.
+// there is nothing to invalidate; durability comes from snapshots and the WAL, replayed into it at
+// start.
+//
+// Snapshots read it through a copy-on-write view: opening a view costs O(1); while it is open, the
+// first change to a key saves that key's previous record (its pre-image) in the view, so the view
+// reads the map exactly as it was when it opened, while writes carry on.
 import { EventEmitter } from 'node:events';
 import { isExpired, type ContextRecord } from '../record.js';
 import { satisfies, type Expectation, type L2Tier, type ListPage, type WriteOutcome } from './l2.js';
+
+/** The map as it was when the view opened. */
+export class SnapshotView {
+  /** Key → its record when the view opened (null: absent then), saved at the key's first change. */
+  readonly preImages = new Map<string, ContextRecord | null>();
+  constructor(
+    /** Keys changed between the previous view and this one: what an incremental snapshot holds. */
+    readonly changed: Set<string>,
+  ) {}
+}
+
+/** Records per array handed to the snapshot writer: small enough to keep the event loop moving. */
+const VIEW_BATCH = 512;
 
 export class MemoryL2 extends EventEmitter implements L2Tier {
   readonly kind = 'memory';
   readonly available = true;
   readonly coherent = true;
   private readonly records = new Map<string, ContextRecord>();
+  private readonly views = new Set<SnapshotView>();
+  /** Keys changed since the last view opened. */
+  private changed = new Set<string>();
 
   constructor(private readonly now: () => number = Date.now) {
     super();
@@ -44,8 +65,75 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
 
   /** Applies a record without a condition, synchronously: WAL replay at start uses it. */
   apply(record: ContextRecord): void {
+    this.beforeChange(record.key);
     if (record.tombstone || isExpired(record, this.now())) this.records.delete(record.key);
     else this.records.set(record.key, record);
+  }
+
+  private beforeChange(key: string): void {
+    for (const view of this.views) if (!view.preImages.has(key)) view.preImages.set(key, this.records.get(key) ?? null);
+    this.changed.add(key);
+  }
+
+  /** Opens a copy-on-write view; it takes over the set of keys changed since the previous one. */
+  openView(): SnapshotView {
+    const view = new SnapshotView(this.changed);
+    this.changed = new Set();
+    this.views.add(view);
+    return view;
+  }
+
+  /** Closes a view; if its snapshot failed, its changed keys go back so the next incremental has them. */
+  closeView(view: SnapshotView, succeeded: boolean): void {
+    this.views.delete(view);
+    if (!succeeded) for (const key of view.changed) this.changed.add(key);
+  }
+
+  /** Every live record as of the view's opening, in batches. A record may come twice, identical. */
+  *viewRecords(view: SnapshotView): Generator<ContextRecord[]> {
+    const now = this.now();
+    let batch: ContextRecord[] = [];
+    const emit = (record: ContextRecord | null | undefined): void => {
+      if (record && !isExpired(record, now)) batch.push(record);
+    };
+    // The map may change between batches; Map iterators tolerate that, and the pre-images give
+    // each changed key its value as of the opening (null: created since, skipped).
+    const savedEmitted = new Set<string>();
+    for (const [key, current] of this.records) {
+      const saved = view.preImages.get(key);
+      if (saved === undefined) emit(current);
+      else if (saved !== null && !savedEmitted.has(key)) {
+        savedEmitted.add(key);
+        emit(saved);
+      }
+      if (batch.length >= VIEW_BATCH) {
+        yield batch;
+        batch = [];
+      }
+    }
+    // Keys deleted since the opening are no longer in the map.
+    for (const [key, saved] of view.preImages) if (saved !== null && !savedEmitted.has(key)) emit(saved);
+    if (batch.length > 0) yield batch;
+  }
+
+  /** The view's changed keys as of its opening: records, or tombstones for keys gone by then. */
+  *viewChanges(view: SnapshotView, tombstoneAt: number): Generator<ContextRecord[]> {
+    const now = this.now();
+    let batch: ContextRecord[] = [];
+    for (const key of view.changed) {
+      const saved = view.preImages.get(key);
+      const record = saved === undefined ? this.records.get(key) : saved;
+      batch.push(
+        record && !isExpired(record, now)
+          ? record
+          : { key, value: Buffer.alloc(0), contentType: '', version: '', expiresAt: 0, retention: 'normal', updatedAt: tombstoneAt, tombstone: true },
+      );
+      if (batch.length >= VIEW_BATCH) {
+        yield batch;
+        batch = [];
+      }
+    }
+    if (batch.length > 0) yield batch;
   }
 
   list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
@@ -65,6 +153,22 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     for (const record of this.records.values()) if (!isExpired(record, now)) yield record;
   }
 
+  /**
+   * Removes a key leaving no trace for snapshots to carry (GDPR erase): not a change an incremental
+   * records, so it must run with no view open.
+   */
+  erase(key: string): void {
+    if (this.views.size > 0) throw new Error('erase while a snapshot view is open');
+    this.records.delete(key);
+    this.changed.delete(key);
+  }
+
+  /** Drops everything (a restore replaces the whole state). */
+  clear(): void {
+    for (const key of this.records.keys()) this.beforeChange(key);
+    this.records.clear();
+  }
+
   close(): Promise<void> {
     this.records.clear();
     return Promise.resolve();
@@ -73,6 +177,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   private read(key: string): ContextRecord | undefined {
     const record = this.records.get(key);
     if (record && isExpired(record, this.now())) {
+      this.beforeChange(key);
       this.records.delete(key);
       return undefined;
     }

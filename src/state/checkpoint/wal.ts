@@ -13,8 +13,13 @@
 //   open() cuts a bad tail there; anywhere else a bad record is damage: replay stops and reports.
 // - A length above MAX_RECORD_PAYLOAD_BYTES is treated as corruption, so a flipped bit in a
 //   length never makes us allocate gigabytes.
+// - Erasure (GDPR) rewrites closed segments only, and keeps every LSN: an erased record is
+//   replaced by the caller's redacted payload, never dropped, so the log stays dense. A segment
+//   is replaced whole — `<name>.tmp`, fsync, rename, fsync the directory — so a crash leaves the
+//   old segment or the new one; a stray `.tmp` is what a crash mid-rewrite leaves, and open()
+//   deletes it.
 import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
@@ -47,7 +52,21 @@ export interface WalTail { segment: string; offset: number; reason: string }
 /** records / firstLsn / lastLsn: what is in the log (open) or what was delivered (replay); 0s when none. */
 export interface WalReplayReport { records: number; firstLsn: number; lastLsn: number; torn?: WalTail }
 
-export type WalErrorCode = 'WAL_CLOSED' | 'WAL_FAILED' | 'WAL_RECORD_TOO_LARGE' | 'WAL_RECORDS_REMOVED';
+/** Replaces a record's payload: a new payload keeps the record's LSN; undefined (or the same
+ * bytes) keeps the record as it is. The payload passed in is the caller's to keep. */
+export type WalRecordTransform = (lsn: number, payload: Buffer) => Buffer | undefined;
+export interface WalRewriteOptions {
+  /** Called after each segment is done with, whether or not it had to be rewritten. */
+  onProgress?(segmentsDone: number, segmentsTotal: number): void;
+}
+export interface WalOfflineRewriteOptions extends WalRewriteOptions {
+  /** Opens the `.tmp` file a segment is rewritten into. Default: node's fs. */
+  openFile?: (path: string) => Promise<WalFile>;
+}
+/** segments: segment files replaced; rewritten: records given a new payload. */
+export interface WalRewriteReport { segments: number; rewritten: number }
+
+export type WalErrorCode = 'WAL_CLOSED' | 'WAL_CORRUPT' | 'WAL_FAILED' | 'WAL_RECORD_TOO_LARGE' | 'WAL_RECORDS_REMOVED';
 export class WalError extends Error {
   constructor(readonly code: WalErrorCode, message: string, options?: { cause: unknown }) {
     super(message, options);
@@ -58,6 +77,7 @@ export class WalError extends Error {
 export const WAL_RECORD_HEADER_BYTES = 16;
 export const MAX_RECORD_PAYLOAD_BYTES = 64 * 1024 * 1024;
 const SEGMENT_NAME = /^wal-([0-9a-f]{16})\.log$/;
+const REWRITE_TEMP_NAME = /^wal-[0-9a-f]{16}\.log\.tmp$/;
 
 export function segmentName(firstLsn: number): string {
   return `wal-${firstLsn.toString(16).padStart(16, '0')}.log`;
@@ -69,6 +89,7 @@ export function openSegmentFile(path: string): Promise<WalFile> {
 
 interface Pending { lsn: number; payload: Buffer; resolve: (lsn: number) => void; reject: (error: unknown) => void }
 interface Segment { name: string; firstLsn: number }
+interface RollRequest { resolve: () => void; reject: (error: unknown) => void }
 
 export class Wal {
   private readonly queue: Pending[] = [];
@@ -81,6 +102,12 @@ export class Wal {
   /** Set when acknowledged data may not be durable any more (a background fsync failed): the
    * log refuses further appends rather than acknowledge on top of a hole. */
   private fatal: WalError | undefined;
+  /** rollSegment() callers; the roll waits for the first `appendsBeforeRoll` queued appends. */
+  private readonly rollRequests: RollRequest[] = [];
+  private appendsBeforeRoll = 0;
+  /** Rewrites and removals take turns: a rewrite's rename must not bring back a segment that
+   * a removal deleted while the rewrite was reading it. */
+  private maintenance: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly options: WalOptions & { openFile: (path: string) => Promise<WalFile> },
@@ -101,6 +128,7 @@ export class Wal {
     if (options.fsync === 'batch' && !(options.batchInterval >= 0)) throw new RangeError('batchInterval must be >= 0 ms');
     const resolved = { ...options, openFile: options.openFile ?? openSegmentFile };
     await mkdir(options.dir, { recursive: true });
+    await removeStrayRewrites(options.dir);
     const segments = await listSegments(options.dir);
     const last = segments.at(-1) ?? { name: segmentName(1), firstLsn: 1 };
     const path = join(options.dir, last.name);
@@ -143,63 +171,77 @@ export class Wal {
 
   /** Delivers every record with lsn > afterLsn, in order. Stops at the first bad record or
    * missing range and reports it as `torn`; never repairs (only open() does, at the tail). */
-  async replay(afterLsn: number, onRecord: (lsn: number, payload: Buffer) => void): Promise<WalReplayReport> {
-    const report: WalReplayReport = { records: 0, firstLsn: 0, lastLsn: 0 };
+  replay(afterLsn: number, onRecord: (lsn: number, payload: Buffer) => void): Promise<WalReplayReport> {
     // Records appended after this point may be half-written while we read; leave them out.
-    const limit = this.writtenLsn;
-    const segments = await listSegments(this.options.dir);
-    let start = segments.length - 1;
-    while (start >= 0 && segments[start]!.firstLsn > afterLsn + 1) start--;
-    if (start < 0) {
-      if (segments[0] && afterLsn < limit) {
-        throw new WalError('WAL_RECORDS_REMOVED', `records ${afterLsn + 1}..${segments[0].firstLsn - 1} were removed from the log`);
-      }
-      start = 0;
-    }
-    let expected = segments[start]?.firstLsn ?? 1;
-    for (const segment of segments.slice(start)) {
-      if (segment.firstLsn !== expected) {
-        const previous = segments[segments.indexOf(segment) - 1]!;
-        const reason = `segment ${segment.name} starts at lsn ${segment.firstLsn}, expected ${expected}`;
-        report.torn = { segment: previous.name, offset: (await stat(join(this.options.dir, previous.name))).size, reason };
-        return report;
-      }
-      const data = await readFile(join(this.options.dir, segment.name));
-      const scan = scanRecords(data, expected, limit, (lsn, payload) => {
-        if (lsn <= afterLsn) return;
-        // A copy, so a kept payload does not pin the whole segment's buffer.
-        onRecord(lsn, Buffer.from(payload));
-        report.records++;
-        report.firstLsn ||= lsn;
-        report.lastLsn = lsn;
-      });
-      if (scan.bad !== undefined) {
-        report.torn = { segment: segment.name, offset: scan.end, reason: scan.bad };
-        return report;
-      }
-      expected += scan.records;
-      if (expected > limit) break;
-    }
-    return report;
+    return replaySegments(this.options.dir, afterLsn, this.writtenLsn, onRecord);
+  }
+
+  /** replay() for a directory no Wal has open (offline tools, with the sidecar stopped): reads
+   * every segment, the last one included, and reports a torn or corrupt tail as `torn` without
+   * cutting it. Stray `.tmp` files of an interrupted rewrite are ignored. */
+  static async replayDirectory(dir: string, afterLsn: number, onRecord: (lsn: number, payload: Buffer) => void): Promise<WalReplayReport> {
+    return replaySegments(dir, afterLsn, Number.MAX_SAFE_INTEGER, onRecord);
+  }
+
+  /** Writes and fsyncs the appends queued so far, then starts a new segment at the next LSN: from
+   * then on every earlier segment is closed and never written again. A no-op when the current
+   * segment holds no records (it already starts at the next LSN). */
+  rollSegment(): Promise<void> {
+    if (this.closing) return Promise.reject(new WalError('WAL_CLOSED', 'roll after close: the write-ahead log is closed'));
+    if (this.fatal) return Promise.reject(this.fatal);
+    return new Promise((resolve, reject) => {
+      this.rollRequests.push({ resolve, reject });
+      // Requests coalesce: one roll after everything queued by the latest of them serves all.
+      this.appendsBeforeRoll = this.queue.length;
+      this.kick();
+    });
+  }
+
+  /** Rewrites the closed segments (never the one being appended to: rollSegment() first to
+   * include it) whose records `transform` changes; see WalRecordTransform. Each segment is
+   * replaced atomically; one with a corrupt record rejects with WAL_CORRUPT and stays as it is,
+   * as do the segments after it (those before it are already rewritten). */
+  rewriteSegments(transform: WalRecordTransform, options: WalRewriteOptions = {}): Promise<WalRewriteReport> {
+    return this.exclusive(async () => {
+      // Segments from the current one on may still be written (a roll may be opening the next).
+      const closed = (await listSegments(this.options.dir)).filter((s) => s.firstLsn < this.current.firstLsn);
+      return rewriteSegmentFiles(this.options.dir, closed, transform, { ...options, openFile: this.options.openFile });
+    });
+  }
+
+  /** rewriteSegments() for a directory no Wal has open (offline tools, with the sidecar
+   * stopped): every segment counts as closed, the last one included, so a torn tail there (a
+   * crash) rejects with WAL_CORRUPT too; opening the log once cuts it. */
+  static async rewriteDirectory(dir: string, transform: WalRecordTransform, options: WalOfflineRewriteOptions = {}): Promise<WalRewriteReport> {
+    await removeStrayRewrites(dir);
+    return rewriteSegmentFiles(dir, await listSegments(dir), transform, { ...options, openFile: options.openFile ?? openSegmentFile });
   }
 
   /** Deletes whole segments whose records all have lsn <= the given one, never the segment
    * being written. Returns how many. */
-  async removeSegmentsThrough(lsn: number): Promise<number> {
-    const segments = await listSegments(this.options.dir);
-    let removed = 0;
-    for (let i = 0; i + 1 < segments.length; i++) {
-      const { name } = segments[i]!;
-      if (segments[i + 1]!.firstLsn - 1 > lsn || name === this.current.name) break;
-      await unlink(join(this.options.dir, name));
-      removed++;
-    }
-    return removed;
+  removeSegmentsThrough(lsn: number): Promise<number> {
+    return this.exclusive(async () => {
+      const segments = await listSegments(this.options.dir);
+      let removed = 0;
+      for (let i = 0; i + 1 < segments.length; i++) {
+        const { name } = segments[i]!;
+        if (segments[i + 1]!.firstLsn - 1 > lsn || name === this.current.name) break;
+        await unlink(join(this.options.dir, name));
+        removed++;
+      }
+      return removed;
+    });
   }
 
-  async segments(): Promise<Array<{ name: string; firstLsn: number; bytes: number }>> {
-    const segments = await listSegments(this.options.dir);
-    return Promise.all(segments.map(async (s) => ({ ...s, bytes: (await stat(join(this.options.dir, s.name))).size })));
+  segments(): Promise<Array<{ name: string; firstLsn: number; bytes: number }>> {
+    return Wal.segmentsInDirectory(this.options.dir);
+  }
+
+  /** segments() for a directory no Wal has open: where an offline replay can start (a log
+   * trimmed behind a snapshot holds no records before its first segment). */
+  static async segmentsInDirectory(dir: string): Promise<Array<{ name: string; firstLsn: number; bytes: number }>> {
+    const segments = await listSegments(dir);
+    return Promise.all(segments.map(async (s) => ({ ...s, bytes: (await stat(join(dir, s.name))).size })));
   }
 
   /** Writes and fsyncs what is pending, then closes the file. Appends after this reject. */
@@ -225,8 +267,13 @@ export class Wal {
       // Yield once so appends made in the same tick as this one join its batch.
       await null;
       try {
-        // A due fsync goes first, so a steady stream of appends cannot put it off forever.
-        while (this.syncDue || this.queue.length > 0) await (this.syncDue ? this.sync() : this.writeBatch());
+        // A due fsync goes first, so a steady stream of appends cannot put it off forever; a
+        // requested roll goes as soon as the appends queued before it are written.
+        while (this.syncDue || this.queue.length > 0 || this.rollRequests.length > 0) {
+          if (this.syncDue) await this.sync();
+          else if (this.rollRequests.length > 0 && this.appendsBeforeRoll === 0) await this.rollRequested();
+          else await this.writeBatch();
+        }
       } finally {
         // Cleared with no await after the loop's check, so no append can slip in unseen.
         this.pumping = undefined;
@@ -241,7 +288,9 @@ export class Wal {
     let room = this.options.segmentBytes - (roll ? 0 : this.size);
     let count = 0;
     const buffers: Buffer[] = [];
+    const max = this.rollRequests.length > 0 ? this.appendsBeforeRoll : this.queue.length;
     for (const entry of this.queue) {
+      if (count === max) break;
       const bytes = WAL_RECORD_HEADER_BYTES + entry.payload.length;
       if (count > 0 && bytes > room) break;
       buffers.push(encodeHeader(entry.lsn, entry.payload), entry.payload);
@@ -249,6 +298,7 @@ export class Wal {
       count++;
     }
     const batch = this.queue.splice(0, count);
+    this.appendsBeforeRoll = Math.max(0, this.appendsBeforeRoll - count);
     try {
       if (roll) await this.roll(batch[0]!.lsn);
       const written = await writeAll(this.file, buffers, this.size);
@@ -300,12 +350,34 @@ export class Wal {
   private fail(error: WalError): void {
     this.fatal ??= error;
     for (const entry of this.queue.splice(0)) entry.reject(this.fatal);
+    this.appendsBeforeRoll = 0;
+  }
+
+  private async rollRequested(): Promise<void> {
+    const requests = this.rollRequests.splice(0);
+    try {
+      if (this.fatal) throw this.fatal;
+      // A failed batch gives its LSNs to the appends behind it, so the next LSN is always the
+      // one after the last written.
+      if (this.size > 0) await this.roll(this.writtenLsn + 1, { syncPrevious: true });
+    } catch (error) {
+      for (const request of requests) request.reject(error);
+      return;
+    }
+    for (const request of requests) request.resolve();
+  }
+
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.maintenance.then(task);
+    this.maintenance = run.catch(() => {});
+    return run;
   }
 
   /** Opens the next segment before letting go of the current one, so a failure leaves the log
-   * writing where it was. */
-  private async roll(firstLsn: number): Promise<void> {
-    if (this.options.fsync === 'batch') await this.sync();
+   * writing where it was. syncPrevious: fsync the current segment whatever the policy, since a
+   * caller of rollSegment() is about to treat it as closed and settled. */
+  private async roll(firstLsn: number, { syncPrevious = false } = {}): Promise<void> {
+    if (this.options.fsync === 'batch' || syncPrevious) await this.sync();
     if (this.fatal) throw this.fatal;
     const next = { name: segmentName(firstLsn), firstLsn };
     const file = await this.options.openFile(join(this.options.dir, next.name));
@@ -336,7 +408,7 @@ function encodeHeader(lsn: number, payload: Buffer): Buffer {
 
 /** Walks records from offset 0, each of which must carry the next LSN, up to `limit`. `end` is
  * the offset after the last good record; `bad` says why the walk stopped early, if it did. */
-function scanRecords(data: Buffer, firstLsn: number, limit: number, onRecord: (lsn: number, payload: Buffer) => void) {
+function scanRecords(data: Buffer, firstLsn: number, limit: number, onRecord: (lsn: number, payload: Buffer, offset: number) => void) {
   let end = 0;
   let expected = firstLsn;
   let bad: string | undefined;
@@ -350,7 +422,7 @@ function scanRecords(data: Buffer, firstLsn: number, limit: number, onRecord: (l
     const payload = data.subarray(payloadStart, payloadStart + length);
     if (crc32(payload, crc32(data.subarray(end + 8, end + 16))) !== data.readUInt32LE(end + 4)) { bad = 'crc mismatch'; break; }
     if (lsn !== expected) { bad = `lsn ${lsn}, expected ${expected}`; break; }
-    onRecord(expected, payload);
+    onRecord(expected, payload, end);
     end = payloadStart + length;
     expected++;
   }
@@ -370,6 +442,113 @@ async function writeAll(file: WalFile, buffers: Buffer[], position: number): Pro
     if (skip > 0) rest[0] = rest[0]!.subarray(skip);
   }
   return total;
+}
+
+async function replaySegments(dir: string, afterLsn: number, limit: number, onRecord: (lsn: number, payload: Buffer) => void): Promise<WalReplayReport> {
+  const report: WalReplayReport = { records: 0, firstLsn: 0, lastLsn: 0 };
+  const segments = await listSegments(dir);
+  let start = segments.length - 1;
+  while (start >= 0 && segments[start]!.firstLsn > afterLsn + 1) start--;
+  if (start < 0) {
+    if (segments[0] && afterLsn < limit) {
+      throw new WalError('WAL_RECORDS_REMOVED', `records ${afterLsn + 1}..${segments[0].firstLsn - 1} were removed from the log`);
+    }
+    start = 0;
+  }
+  let expected = segments[start]?.firstLsn ?? 1;
+  for (const segment of segments.slice(start)) {
+    if (segment.firstLsn !== expected) {
+      const previous = segments[segments.indexOf(segment) - 1]!;
+      const reason = `segment ${segment.name} starts at lsn ${segment.firstLsn}, expected ${expected}`;
+      report.torn = { segment: previous.name, offset: (await stat(join(dir, previous.name))).size, reason };
+      return report;
+    }
+    const data = await readFile(join(dir, segment.name));
+    const scan = scanRecords(data, expected, limit, (lsn, payload) => {
+      if (lsn <= afterLsn) return;
+      // A copy, so a kept payload does not pin the whole segment's buffer.
+      onRecord(lsn, Buffer.from(payload));
+      report.records++;
+      report.firstLsn ||= lsn;
+      report.lastLsn = lsn;
+    });
+    if (scan.bad !== undefined) {
+      report.torn = { segment: segment.name, offset: scan.end, reason: scan.bad };
+      return report;
+    }
+    expected += scan.records;
+    if (expected > limit) break;
+  }
+  return report;
+}
+
+/** Rewrites, one at a time, those of `segments` in which `transform` changes a record. Every
+ * segment is read and checked in full before anything of it is written. */
+async function rewriteSegmentFiles(
+  dir: string,
+  segments: Segment[],
+  transform: WalRecordTransform,
+  options: WalRewriteOptions & { openFile: (path: string) => Promise<WalFile> },
+): Promise<WalRewriteReport> {
+  const report: WalRewriteReport = { segments: 0, rewritten: 0 };
+  for (const [index, segment] of segments.entries()) {
+    const data = await readFile(join(dir, segment.name));
+    // The new segment as runs of the old one's bytes with re-encoded records between them.
+    const parts: Buffer[] = [];
+    let copiedTo = 0;
+    let changed = 0;
+    const scan = scanRecords(data, segment.firstLsn, Number.MAX_SAFE_INTEGER, (lsn, payload, offset) => {
+      const next = transform(lsn, Buffer.from(payload));
+      if (next === undefined || next.equals(payload)) return;
+      if (next.length > MAX_RECORD_PAYLOAD_BYTES) {
+        throw new WalError('WAL_RECORD_TOO_LARGE', `new payload for lsn ${lsn} of ${next.length} bytes exceeds ${MAX_RECORD_PAYLOAD_BYTES}`);
+      }
+      parts.push(data.subarray(copiedTo, offset), encodeHeader(lsn, next), next);
+      copiedTo = offset + WAL_RECORD_HEADER_BYTES + payload.length;
+      changed++;
+    });
+    if (scan.bad !== undefined) {
+      const done = report.segments > 0 ? `; ${report.segments} earlier segment(s) were rewritten` : '';
+      throw new WalError('WAL_CORRUPT', `segment ${segment.name}: ${scan.bad} at offset ${scan.end}; left as it is${done}`);
+    }
+    if (changed > 0) {
+      parts.push(data.subarray(copiedTo));
+      await replaceFile(dir, segment.name, parts.filter((part) => part.length > 0), options.openFile);
+      report.segments++;
+      report.rewritten += changed;
+    }
+    options.onProgress?.(index + 1, segments.length);
+  }
+  return report;
+}
+
+/** Writes `<name>.tmp`, fsyncs it and renames it over `name`: readers and a crash see the old
+ * file or the new one, whole. */
+async function replaceFile(dir: string, name: string, buffers: Buffer[], openFile: (path: string) => Promise<WalFile>): Promise<void> {
+  const temp = join(dir, `${name}.tmp`);
+  const file = await openFile(temp);
+  try {
+    try {
+      await file.truncate(0); // a leftover of an interrupted rewrite may be longer
+      await writeAll(file, buffers, 0);
+      await file.datasync();
+    } finally {
+      await file.close();
+    }
+  } catch (error) {
+    await unlink(temp).catch(() => {});
+    throw error;
+  }
+  await rename(temp, join(dir, name));
+  // An erasure is only done once the rename is durable, whatever the log's fsync policy.
+  await syncDirectory(dir, 'always');
+}
+
+/** A `.tmp` is a rewrite that never reached its rename; the segment it was for is intact. */
+async function removeStrayRewrites(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) {
+    if (REWRITE_TEMP_NAME.test(name)) await unlink(join(dir, name));
+  }
 }
 
 async function listSegments(dir: string): Promise<Segment[]> {
