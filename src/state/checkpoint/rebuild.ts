@@ -53,8 +53,9 @@ export async function rebuild(
   target: { reset(): void; apply(record: ContextRecord): void },
   onProgress?: (phase: 'snapshot' | 'wal', records: number) => void,
 ): Promise<RebuildReport> {
-  const { entries } = await readCatalog(source.dir);
+  const { entries, unreadable } = await readCatalog(source.dir);
   const report: RebuildReport = { chain: [], chainLsn: 0, snapshotRecords: 0, walRecords: 0, walLastLsn: 0, skipped: [] };
+  for (const bad of unreadable) report.skipped.push({ id: bad.path, error: `header unreadable: ${bad.error}` });
   for (const tip of candidates(entries, point)) {
     const chain = chainOf(entries, tip);
     if (!chain) {
