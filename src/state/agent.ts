@@ -154,7 +154,7 @@ export class StateAgent {
       await agent.close();
       throw err;
     }
-    agent.hotKeysTimer = setInterval(() => void agent.saveHotKeys(), HOT_KEYS_SAVE_INTERVAL_MS).unref();
+    agent.hotKeysTimer = setInterval(() => void agent.housekeeping(), HOT_KEYS_SAVE_INTERVAL_MS).unref();
     return agent;
   }
 
@@ -189,6 +189,15 @@ export class StateAgent {
       }
     }
     return { keys: loaded, bytes };
+  }
+
+  private async housekeeping(): Promise<void> {
+    await this.saveHotKeys();
+    // Without checkpoints (Redis keeps L2), the WAL only has to hold what has not reached Redis.
+    if (!this.checkpoints) {
+      const through = this.config.context.writeMode === 'write-behind' ? this.flushedLsn : this.wal.lastLsn;
+      await this.wal.removeSegmentsThrough(through).catch((err: Error) => this.logger.warn({ err: err.message }, 'could not trim the WAL'));
+    }
   }
 
   /** Writes L1's keys, hottest first, up to the warming budget: the next start loads them. */
