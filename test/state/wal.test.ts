@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterEach, describe, expect, it } from 'vitest';
+import { until } from '../helpers/mesh.js';
 import {
   openSegmentFile,
   segmentName,
@@ -193,6 +194,31 @@ describe('Wal', () => {
       expect(second.events).toEqual(['write', 'ack']);
       await synced.promise; // the timer's fsync, with no close to force it
       expect(second.events).toEqual(['write', 'ack', 'sync']);
+    });
+
+    it('batch: a slow fsync does not hold the appends behind it; they are fsynced after it', async () => {
+      const dir = tempDir();
+      const trace: Trace = { events: [], writes: 0, syncs: 0 };
+      const wal = await openWal({ dir, fsync: 'batch', batchInterval: 1, openFile: tracedFiles(trace) });
+      const device = deferred();
+      trace.holdSync = device.promise; // the device is busy (a snapshot's writeback)
+      await wal.append(Buffer.from('one'));
+      // Wait until the timer's fsync is in flight and held.
+      await until(() => trace.holdSync === undefined);
+      // Appends keep being written and acknowledged while that fsync waits for the device.
+      expect(await wal.append(Buffer.from('two'))).toBe(2);
+      expect(await wal.append(Buffer.from('three'))).toBe(3);
+      expect(trace.events).toEqual(['write', 'write', 'write']);
+      const synced = deferred();
+      trace.onSync = () => {
+        if (trace.syncs === 2) synced.resolve();
+      };
+      device.resolve();
+      await synced.promise; // the held fsync, then one more for what was written meanwhile
+      expect(trace.events).toEqual(['write', 'write', 'write', 'sync', 'sync']);
+      await wal.close();
+      const reopened = await openWal({ dir });
+      expect((await readAll(reopened)).records).toEqual([[1, 'one'], [2, 'two'], [3, 'three']]);
     });
 
     it('none: after the write, fsyncing only at close', async () => {

@@ -97,6 +97,12 @@ export class Wal {
   /** Written but not yet fsynced (batch and none). */
   private dirty = false;
   private syncDue = false;
+  /** The batch policy's fsync in flight. It runs beside later writes: an append must not wait
+   * for the device to flush what came before it (behind a snapshot's writeback that can take
+   * 100+ ms), and batch acknowledges after write(), not after fsync, anyway. */
+  private syncing: Promise<void> | undefined;
+  /** Records were written while `syncing` was in flight: sync again once it is done. */
+  private syncAgain = false;
   private syncTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
   /** Set when acknowledged data may not be durable any more (a background fsync failed): the
@@ -267,10 +273,10 @@ export class Wal {
       // Yield once so appends made in the same tick as this one join its batch.
       await null;
       try {
-        // A due fsync goes first, so a steady stream of appends cannot put it off forever; a
+        // A due fsync starts first, so a steady stream of appends cannot put it off forever; a
         // requested roll goes as soon as the appends queued before it are written.
         while (this.syncDue || this.queue.length > 0 || this.rollRequests.length > 0) {
-          if (this.syncDue) await this.sync();
+          if (this.syncDue) this.syncInBackground();
           else if (this.rollRequests.length > 0 && this.appendsBeforeRoll === 0) await this.rollRequested();
           else await this.writeBatch();
         }
@@ -335,8 +341,33 @@ export class Wal {
     for (const entry of batch) entry.reject(error);
   }
 
+  private syncInBackground(): void {
+    this.syncDue = false;
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.syncing = this.file.datasync().then(
+      () => {},
+      (error: unknown) => this.fail(new WalError('WAL_FAILED', 'fsync failed: acknowledged records may be lost', { cause: error })),
+    );
+    void this.syncing.finally(() => {
+      this.syncing = undefined;
+      // close() runs its own last fsync.
+      if (this.syncAgain && !this.closing) {
+        this.syncAgain = false;
+        this.syncDue = true;
+        this.kick();
+      }
+    });
+  }
+
+  /** An fsync whose completion the caller needs (close, roll): after any background one. */
   private async sync(): Promise<void> {
     this.syncDue = false;
+    while (this.syncing) await this.syncing;
     if (!this.dirty) return;
     this.dirty = false;
     try {
