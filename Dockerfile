@@ -5,6 +5,7 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
+# Every directory tsconfig.json compiles: src/ (sidecar, CLI) and xds/ (the control plane).
 COPY src ./src
 COPY xds ./xds
 RUN npm run build && npm prune --omit=dev
@@ -17,10 +18,14 @@ WORKDIR /opt/ctxmesh
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-# iptables for the injected init container (`ctxmesh iptables`), which runs this same image.
-RUN apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/*
+# iptables for the injected init container (`ctxmesh iptables`), which runs this same image:
+# Debian's package brings both iptables-{save,restore} (IPv4) and ip6tables-{save,restore} (IPv6);
+# the build fails here if either pair is missing.
+RUN apt-get update && apt-get install -y --no-install-recommends iptables && rm -rf /var/lib/apt/lists/* \
+ && iptables-save --version && iptables-restore --version && ip6tables-save --version && ip6tables-restore --version
 RUN groupadd --gid 1337 ctxmesh && useradd --uid 1337 --gid 1337 --no-create-home --shell /usr/sbin/nologin ctxmesh
 USER 1337:1337
-EXPOSE 15000 15001 15006 15020
+# Sidecar (admin, outbound, inbound, context API), control plane (xDS, admin), injector webhook.
+EXPOSE 15000 15001 15006 15020 15010 15014 15017
 ENTRYPOINT ["node", "/opt/ctxmesh/dist/src/cli/main.js"]
 CMD ["sidecar", "-c", "/etc/ctxmesh/sidecar.yaml"]

@@ -14,6 +14,19 @@ import { ExchangeRecorder } from './telemetry/exchange.js';
 import { createLogger, flushLogger, type Logger } from './telemetry/logger.js';
 import { MeshMetrics } from './telemetry/metrics.js';
 import { MeshIdentity } from './tls/identity.js';
+import { MutableMembership, type Member } from './membership/membership.js';
+import { PeerClient } from './peer/client.js';
+import { PeerRouter, isSidecarIdentity } from './peer/router.js';
+import { XdsClient } from './xds-client/ads-client.js';
+import { DynamicClusters } from './xds-client/dynamic-clusters.js';
+import { syncMembership } from './xds-client/membership-sync.js';
+import type { EndpointGroup } from './xds-client/translate.js';
+import type { ClusterConfig } from './config/schema.js';
+import { VERSION } from './cli/version.js';
+import { HealthMonitor } from './membership/health-monitor.js';
+import { FAULTS_ENV, PeerFaults, faultsArmed } from './state/replication/faults.js';
+import { membershipAdmin } from './state/replication/rebalance.js';
+import { advertisedAddress } from './config/host-port.js';
 
 /** How often a drain checks whether the last in-flight request has finished. */
 const DRAIN_POLL_INTERVAL_MS = 20;
@@ -39,8 +52,20 @@ export class Sidecar implements AdminTarget {
   readonly ports: SidecarPorts = { inbound: 0, outbound: 0, admin: 0, context: 0 };
   /** The local state agent (context API, L1/L2, WAL); undefined when context.enabled is false. */
   state: StateAgent | undefined;
+  /** Handlers of sidecar-to-sidecar calls (`/.ctxmesh/peer/<name>` on the inbound listener). */
+  readonly peers: PeerRouter;
+  /** Calls to other sidecars' peer handlers, over mTLS with this sidecar's identity. */
+  readonly peerClient: PeerClient;
+  /** The member set: self, then context.replication.peers (later: xDS and health updates). */
+  readonly membership: MutableMembership;
+  /** The failure detector (health.*); undefined when it is off. */
+  health: HealthMonitor | undefined;
+  /** The xDS client; undefined without `xds.server`. */
+  xds: XdsClient | undefined;
   private router: Router;
   private drained: Promise<void> | undefined;
+  /** Clusters learnt over xDS beside the static ones (set in start). */
+  private dynamic!: DynamicClusters;
 
   private constructor(
     readonly config: SidecarConfig,
@@ -52,7 +77,11 @@ export class Sidecar implements AdminTarget {
     private readonly outbound: Server,
     private readonly inbound: Server,
     private readonly admin: Server,
+    peering: { peers: PeerRouter; peerClient: PeerClient; membership: MutableMembership },
   ) {
+    this.peers = peering.peers;
+    this.peerClient = peering.peerClient;
+    this.membership = peering.membership;
     this.router = new Router(clusterList);
     metricsRegistry.onCollect(() => this.refreshGauges());
   }
@@ -62,14 +91,28 @@ export class Sidecar implements AdminTarget {
     const identity = MeshIdentity.load(config.identity);
     const metrics = new MeshMetrics();
     const recorder = new ExchangeRecorder(metrics, logger, config.log.accessLog);
-    const deps: ClusterDeps = { identity, metrics, logger, clock: options.clock, random: options.random };
+    let health: HealthMonitor | undefined;
+    // The health monitor's own evidence steers endpoint choice before any control-plane push.
+    const unreachable = (address: string): boolean => health?.isUnreachable(address) ?? false;
+    const deps: ClusterDeps = { identity, metrics, logger, clock: options.clock, random: options.random, unreachable };
     const clusters = config.clusters.map((c) => new Cluster(c, deps));
     const app = new Cluster(appClusterConfig(config), deps);
 
     let sidecar: Sidecar | undefined;
     const draining = (): boolean => sidecar?.draining ?? false;
     const outbound = createOutboundServer({ limits: config.limits, recorder, router: () => sidecar!.router, draining });
-    const inbound = createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining, metrics, logger });
+    const replication = config.context.replication;
+    // The peer fault switch exists only when the environment arms it (tests, chaos drills).
+    const faults = faultsArmed() ? new PeerFaults(config.node.id, (id) => sidecar?.membership.get(id)?.address) : undefined;
+    if (faults) logger.warn({ env: FAULTS_ENV }, 'peer fault switch armed: POST /faults on the admin API can cut this sidecar off from peers');
+    const peers = new PeerRouter({ maxBodyBytes: replication.maxMessageBytes, logger, faults });
+    const peerClient = new PeerClient(identity, { connectTimeoutMs: replication.connectTimeout, timeoutMs: replication.peerTimeout, maxResponseBytes: replication.maxMessageBytes, faults });
+    const membership = new MutableMembership(
+      selfMember(config, config.inbound.port),
+      replication.peers.map((p): Member => ({ id: p.id, address: p.address, state: 'alive', epoch: 0 })),
+    );
+    const isSidecar = (spiffeId: string | undefined): boolean => isSidecarIdentity(spiffeId, identity.trustDomain, replication.allow);
+    const inbound = createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining, metrics, logger, peers: { router: peers, isSidecar } });
     sidecar = new Sidecar(config, logger, identity, metrics, clusters, app, outbound, inbound, createAdminServer({
       get ready() { return sidecar!.ready; },
       get draining() { return sidecar!.draining; },
@@ -79,7 +122,10 @@ export class Sidecar implements AdminTarget {
       stateStats: () => sidecar!.stateStats(),
       checkpointAdmin: () => sidecar!.state,
       drain: () => sidecar!.drain(),
-    }));
+      faults: () => faults,
+      members: () => (sidecar!.state?.antiEntropy ? membershipAdmin(sidecar!.membership, sidecar!.state.antiEntropy) : undefined),
+    }), { peers, peerClient, membership });
+    sidecar.dynamic = new DynamicClusters(clusters, deps, logger);
 
     identity.on('rotated', (id) => logger.info({ spiffeId: id, notAfter: identity.notAfter }, 'identity rotated'));
     identity.on('reload_error', (err) => logger.error({ err: err.message }, 'identity reload failed; keeping the current one'));
@@ -87,19 +133,55 @@ export class Sidecar implements AdminTarget {
 
     try {
       if (config.context.enabled) {
-        sidecar.state = await StateAgent.start(config, { logger, metrics, random: options.random });
+        sidecar.state = await StateAgent.start(config, { logger, metrics, random: options.random, peering: { router: peers, client: peerClient, membership } });
         sidecar.ports.context = sidecar.state.port;
       }
       sidecar.ports.outbound = await listen(outbound, config.outbound.port, config.outbound.address);
       sidecar.ports.inbound = await listen(inbound, config.inbound.port, config.inbound.address);
+      membership.upsert(selfMember(config, sidecar.ports.inbound));
+      if (HealthMonitor.wanted(config)) {
+        health = sidecar.health = HealthMonitor.start({ config, membership, peers, peerClient, state: sidecar.state, logger, metrics });
+      }
       sidecar.ports.admin = await listen(sidecar.admin, config.admin.port, ADMIN_ADDRESS);
     } catch (err) {
       await sidecar.close();
       throw err;
     }
+    if (config.xds) await sidecar.startXds(config.xds);
     sidecar.ready = true;
     logger.info({ spiffeId: identity.spiffeId, ports: sidecar.ports, clusters: clusters.map((c) => c.name) }, 'sidecar ready');
     return sidecar;
+  }
+
+  /**
+   * Installs the clusters learnt over xDS beside the static ones (a static name wins). The new
+   * route table replaces the old in one assignment; replaced clusters finish their requests.
+   */
+  applyDynamicClusters(configs: ClusterConfig[]): void {
+    this.router = this.dynamic.apply(configs).router;
+  }
+
+  /** Follows the EDS of this sidecar's own service into the member set. */
+  applyXdsMembership(group: EndpointGroup): void {
+    syncMembership(this.membership, group, this.config.context.replication.peers.map((p) => p.id));
+  }
+
+  private async startXds(xds: NonNullable<SidecarConfig['xds']>): Promise<void> {
+    const client = new XdsClient({
+      server: xds.server,
+      node: { id: this.config.node.id, cluster: this.config.node.cluster, zone: this.config.node.zone, address: this.membership.self.address, version: VERSION },
+      reconnect: { baseMs: xds.reconnect.base, maxMs: xds.reconnect.max },
+      logger: this.logger.child({ component: 'xds' }),
+      metrics: this.metricsRegistry,
+      onClusters: (configs) => this.applyDynamicClusters(configs),
+      onOwnEndpoints: (group) => this.applyXdsMembership(group),
+    });
+    this.xds = client;
+    client.start();
+    // Readiness waits for the first config, but not forever: static clusters serve meanwhile.
+    if (!(await client.initialFetch(xds.initialFetchTimeout))) {
+      this.logger.warn({ server: xds.server, timeoutMs: xds.initialFetchTimeout }, 'no complete xDS config within initialFetchTimeout; ready with what is known');
+    }
   }
 
   // AdminTarget
@@ -113,6 +195,7 @@ export class Sidecar implements AdminTarget {
       identity: { ...this.config.identity, spiffeId: this.identity.spiffeId, notAfter: this.identity.notAfter.toISOString() },
       listeners: { ...this.ports },
       config: this.config,
+      ...(this.xds ? { xds: this.xds.status() } : {}),
     };
   }
 
@@ -125,12 +208,16 @@ export class Sidecar implements AdminTarget {
   }
 
   clusters(): object {
-    return { clusters: this.clusterList.map((c) => c.describe()), inbound_app: this.app.describe() };
+    return {
+      clusters: [...this.clusterList.map((c) => c.describe()), ...this.dynamic.current.map((c) => ({ ...c.describe(), source: 'xds' }))],
+      inbound_app: this.app.describe(),
+      members: this.health?.describe() ?? { self: this.membership.self, members: this.membership.members().filter((m) => m.id !== this.membership.self.id) },
+    };
   }
 
   /** Requests in flight through either listener. */
   get inFlight(): number {
-    return this.clusterList.reduce((sum, c) => sum + c.active, this.app.active);
+    return this.clusterList.reduce((sum, c) => sum + c.active, this.app.active) + this.dynamic.inFlight;
   }
 
   /**
@@ -145,6 +232,7 @@ export class Sidecar implements AdminTarget {
   private async runDrain(): Promise<void> {
     this.draining = true;
     this.ready = false;
+    this.xds?.close();
     this.logger.info({ inFlight: this.inFlight, timeoutMs: this.config.drainTimeout }, 'draining');
     const closing = [closeServer(this.outbound), closeServer(this.inbound)];
     const deadline = performance.now() + this.config.drainTimeout;
@@ -157,18 +245,22 @@ export class Sidecar implements AdminTarget {
     this.inbound.closeAllConnections();
     await Promise.all(closing);
     await Promise.all([...this.clusterList, this.app].map((c) => (cut > 0 ? c.destroy() : c.close())));
+    await this.dynamic.close(cut > 0);
     this.logger.info('drained');
   }
 
   /** Drains (bounded by drainTimeout), then stops the admin API and releases everything. */
   async close(): Promise<void> {
+    this.health?.close();
     if (this.ready || this.draining) await this.drain();
     else {
       for (const server of [this.outbound, this.inbound]) if (server.listening) server.closeAllConnections();
-      await Promise.all([closeServer(this.outbound), closeServer(this.inbound), ...[...this.clusterList, this.app].map((c) => c.destroy())]);
+      this.xds?.close();
+      await Promise.all([closeServer(this.outbound), closeServer(this.inbound), ...[...this.clusterList, this.app].map((c) => c.destroy()), this.dynamic.close(true)]);
     }
     // After the proxy has drained: in-flight requests may still have been using their context.
     await this.state?.close();
+    await this.peerClient.close();
     this.admin.closeAllConnections();
     await closeServer(this.admin);
     this.identity.close();
@@ -179,7 +271,8 @@ export class Sidecar implements AdminTarget {
     const m = this.metricsRegistry;
     m.breakerState.reset();
     m.ejected.reset();
-    for (const cluster of [...this.clusterList, this.app]) {
+    this.health?.refreshGauges();
+    for (const cluster of [...this.clusterList, ...this.dynamic.current, this.app]) {
       m.activeRequests.labels(cluster.name).set(cluster.active);
       for (const e of cluster.endpoints) {
         const state = e.breaker.state;
@@ -206,6 +299,13 @@ function appClusterConfig(config: SidecarConfig) {
     outlierDetection: { consecutive5xx: 0 },
     timeout: config.inbound.timeout,
   });
+}
+
+/** This sidecar as a member: its node id at the address peers reach its inbound listener on. */
+function selfMember(config: SidecarConfig, inboundPort: number): Member {
+  // inbound.advertise names the address other hosts use; a bare IP (the pod IP) gets the bound port.
+  const zone = config.node.zone === '' ? {} : { zone: config.node.zone };
+  return { id: config.node.id, address: advertisedAddress(config.inbound.advertise, inboundPort), state: 'alive', epoch: 0, ...zone };
 }
 
 function listen(server: Server, port: number, host: string): Promise<number> {

@@ -110,7 +110,7 @@ Examples:
     .option('--port <port>', 'HTTPS port', String(DEFAULT_INJECTOR_PORT))
     .option('--address <addr>', 'bind address', '0.0.0.0')
     .requiredOption('--cert <file>', 'serving certificate (PEM), valid for the webhook Service DNS name')
-    .requiredOption('--key <file>', 'private key of the serving certificate (PEM)')
+    .requiredOption('--key <file>', 'private key of the serving certificate (PEM); both files are reloaded when they change')
     .option('--config <file>', 'injection template values (YAML)')
     .option('--log-level <level>', 'trace | debug | info | warn | error', 'info')
     .addHelpText(
@@ -131,19 +131,26 @@ Examples:
         process.exit(EXIT_USAGE);
       }
       let template: InjectionTemplate;
-      let cert: Buffer;
-      let key: Buffer;
       try {
         template = loadTemplate(opts.config);
-        cert = readFileSync(opts.cert);
-        key = readFileSync(opts.key);
+        // Read once here so a missing file is a usage error; the webhook re-reads and watches them.
+        readFileSync(opts.cert);
+        readFileSync(opts.key);
       } catch (err) {
         process.stderr.write(`ctxmesh: ${(err as Error).message}\n`);
         process.exit(EXIT_USAGE);
       }
       const logger = createLogger({ level: opts.logLevel, name: 'injector' });
       try {
-        const webhook = await startWebhook({ port, host: opts.address, cert, key, template, logger, namespaceLabels: inClusterNamespaceLabels() });
+        const webhook = await startWebhook({
+          port,
+          host: opts.address,
+          certFile: opts.cert,
+          keyFile: opts.key,
+          template,
+          logger,
+          namespaceLabels: inClusterNamespaceLabels(),
+        });
         logger.info({ port: webhook.port, image: template.image, mode: template.mode }, 'injector listening');
         const stop = (signal: string): void => {
           logger.info({ signal }, 'shutting down');

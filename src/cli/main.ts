@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { registerCerts } from './certs.js';
 import { registerCheckpoint } from './checkpoint.js';
+import { registerControlPlane } from './control-plane.js';
 import { registerDemo } from './demo.js';
 import { registerInject } from './inject.js';
 import { registerIptables } from './iptables.js';
@@ -20,6 +21,7 @@ const program = new Command('ctxmesh')
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE));
 
 registerSidecar(program);
+registerControlPlane(program);
 registerCerts(program);
 registerCheckpoint(program);
 registerDemo(program);

@@ -6,6 +6,8 @@ import { z } from 'zod';
 import { SidecarConfigSchema, type SidecarConfig } from './schema.js';
 
 export const ENV_PREFIX = 'CTXMESH_';
+/** Variables with the prefix that arm process features rather than set config (CTXMESH_FAULTS: the peer fault switch). */
+const NOT_CONFIG = new Set(['CTXMESH_FAULTS']);
 
 /** Invalid configuration: the CLI prints the message and exits with status 2. */
 export class ConfigError extends Error {
@@ -60,13 +62,25 @@ export function applyEnvOverrides(
 ): unknown {
   const doc = (raw && typeof raw === 'object' ? raw : {}) as Record<string, unknown>;
   for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith(ENV_PREFIX) || value === undefined) continue;
+    if (!name.startsWith(ENV_PREFIX) || value === undefined || NOT_CONFIG.has(name)) continue;
     const segments = name.slice(ENV_PREFIX.length).split('_').filter(Boolean);
     const path = resolveEnvPath(schema, segments);
     if (!path) throw new ConfigError(`environment variable ${name} names no config field`);
-    setPath(doc, path, parseYaml(value));
+    setPath(doc, path, envValue(value));
   }
   return doc;
+}
+
+/**
+ * A variable's value read as YAML, or as the plain string when it is no YAML: `[fd00::1]:15010`
+ * (an IPv6 host:port) would otherwise be a flow sequence followed by junk.
+ */
+function envValue(value: string): unknown {
+  try {
+    return parseYaml(value);
+  } catch {
+    return value;
+  }
 }
 
 function resolveEnvPath(schema: z.ZodType, segments: string[]): (string | number)[] | null {

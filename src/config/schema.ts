@@ -1,12 +1,28 @@
 // The one schema of the sidecar's configuration. Every field says its unit and default; the
 // README's config reference is written from this file. Objects are strict: a misspelt key is an
 // error at startup, not a setting silently ignored.
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { duration, size } from './units.js';
+import { parseRedisUrl } from '../state/cache/redis-url.js';
+import { canonicalHost, normalizeHostPort } from './host-port.js';
 
-const hostPort = z
-  .string()
-  .regex(/^[^\s:/]+:\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:25006');
+/**
+ * An address to dial: `host:port`, or `[ipv6]:port` (brackets required, as in a URL). The value
+ * comes out in canonical text (IPv6 lower case and compressed), see host-port.ts. In YAML, quote
+ * a bracketed address: `"[fd00::7]:15006"` (unquoted, `[` starts a list).
+ */
+function addressSchema(options: { ipOnly?: boolean } = {}) {
+  const example = options.ipOnly ? 'e.g. 10.0.0.7:15006 or [fd00::7]:15006 (EDS endpoints cannot be host names)' : 'e.g. 127.0.0.1:25006 or [fd00::7]:25006';
+  return z.string().transform((value, ctx) => {
+    const address = normalizeHostPort(value, options);
+    if (typeof address === 'string') return address;
+    ctx.addIssue({ code: 'custom', message: `${address.error}; expected ${options.ipOnly ? 'ip:port' : 'host:port'}, ${example}` });
+    return z.NEVER;
+  });
+}
+
+const hostPort = addressSchema();
 
 const port = z.number().int().min(0).max(65_535);
 
@@ -39,6 +55,21 @@ const InboundSchema = z.strictObject({
   allow: z.array(z.string().min(1)).default([]),
   /** Time allowed for the app's response headers. Default 15s. */
   timeout: duration().default(15_000),
+  /**
+   * host:port other sidecars reach this inbound listener on: the member address and the
+   * `ctxmesh.address` a sidecar registers with the control plane. A bare IP (v4 or v6, e.g. the
+   * pod IP) gets the bound inbound port appended, `[v6]:port` for IPv6. Default 127.0.0.1:<bound port>.
+   */
+  advertise: z
+    .string()
+    .transform((value, ctx) => {
+      if (isIP(value) !== 0 && !value.includes('%')) return canonicalHost(value);
+      const address = normalizeHostPort(value);
+      if (typeof address === 'string') return address;
+      ctx.addIssue({ code: 'custom', message: `${address.error}; expected an IP address (the inbound port is added) or host:port, e.g. 10.0.0.7, fd00::7 or 10.0.0.7:15006` });
+      return z.NEVER;
+    })
+    .optional(),
 });
 
 const OutboundSchema = z.strictObject({
@@ -60,6 +91,12 @@ const EndpointSchema = z.strictObject({
   priority: z.number().int().min(0).max(1).default(0),
   /** Locality zone of the endpoint. Default "". */
   zone: z.string().default(''),
+  /**
+   * node.id of the sidecar behind the endpoint (xDS: EDS endpoint.hostname). ring_hash places
+   * endpoints that have one by it, as context replication places keys on member ids, so a key's
+   * request reaches the sidecar owning its context. Default: none (placed by address).
+   */
+  hostname: z.string().min(1).optional(),
 });
 
 const CircuitBreakerSchema = z.strictObject({
@@ -136,8 +173,22 @@ export const ClusterSchema = z.strictObject({
 });
 
 const XdsSchema = z.strictObject({
-  /** host:port of the ADS server. Static clusters are used without it. */
+  /** host:port of the ADS server (plain gRPC). Static clusters are used without it. */
   server: hostPort,
+  /**
+   * Time the sidecar waits at startup for its first xDS config before it reports ready anyway,
+   * serving its static clusters (and the dynamic ones once they arrive), as Envoy's
+   * initial_fetch_timeout. Default 5s.
+   */
+  initialFetchTimeout: duration().default(5_000),
+  reconnect: z
+    .strictObject({
+      /** First reconnect delay after the ADS stream breaks; doubled per failed attempt, with full jitter. Default 200ms. */
+      base: duration().default(200),
+      /** Longest reconnect delay. Default 10s. */
+      max: duration().default(10_000),
+    })
+    .prefault({}),
 });
 
 // The state agent: the context API, its two cache tiers, the write-ahead log and checkpoints.
@@ -232,7 +283,46 @@ const ContextSchema = z.strictObject({
       factor: z.number().int().positive().default(3),
       /** Default consistency level: strong | session | eventual. */
       consistency: z.enum(['strong', 'session', 'eventual']).default('session'),
+      /** Other sidecars holding replicas: node.id and host:port of their inbound mTLS listener. Default []. */
       peers: z.array(z.strictObject({ id: z.string().min(1), address: hostPort })).default([]),
+      /**
+       * SPIFFE IDs (exact, or a prefix ending in `*`) allowed to make peer calls (/.ctxmesh/peer/*).
+       * Default []: any identity of this sidecar's own trust domain.
+       */
+      allow: z.array(z.string().min(1)).default([]),
+      /** Default consistency per key prefix, longest prefix first wins; else `consistency`. Default []. */
+      levels: z.array(z.strictObject({ prefix: z.string(), consistency: z.enum(['strong', 'session', 'eventual']) })).default([]),
+      /** Time a strong or session write may wait for its acknowledgements before answering indeterminate. Default 2s. */
+      writeTimeout: duration().default(2_000),
+      /** Time one peer call (replicate, read, hint delivery) may take. Default 1s. */
+      peerTimeout: duration().default(1_000),
+      /** Time allowed to open a connection to a peer (TCP + TLS). Default 1s. */
+      connectTimeout: duration().default(1_000),
+      /** Largest peer message (a replication batch, a read answer); also the peer request body limit. Default 16MiB. */
+      maxMessageBytes: size().default(16 * 1024 ** 2),
+      /** A peer this far behind (oldest write not yet delivered to it) is logged as a warning. Default 5s. */
+      lagWarning: duration().default(5_000),
+      hints: z
+        .strictObject({
+          /** Bytes of undelivered writes kept per unreachable peer; past it the oldest are dropped (logged). Default 64MiB. */
+          maxBytes: size().default(64 * 1024 ** 2),
+          /** How often delivery of kept hints is retried. Default 500ms. */
+          interval: duration().default(500),
+        })
+        .prefault({}),
+      antiEntropy: z
+        .strictObject({
+          /**
+           * How often this sidecar compares Merkle trees with each replica peer (the lower id of a
+           * pair starts the round); rounds also run after membership changes. Default 30s.
+           */
+          interval: duration().default(30_000),
+          /** Peer calls in flight at once for rebalancing (handing keys to their new replicas). Default 4. */
+          concurrency: z.number().int().min(1).max(64).default(4),
+          /** Keys per record message of a round or a handoff (also bounded by maxMessageBytes). Default 512. */
+          batchKeys: z.number().int().min(1).max(100_000).default(512),
+        })
+        .prefault({}),
     })
     .prefault({}),
   wal: z
@@ -293,6 +383,47 @@ const LogSchema = z.strictObject({
   accessLog: z.boolean().default(true),
 });
 
+// The health monitor: SWIM/Lifeguard-style probing of the other members (context.replication.peers
+// and members learnt from xDS), local exclusion of failed ones, reports to the control plane.
+export const HealthSchema = z
+  .strictObject({
+    /** Run the health monitor. Default: true when the sidecar has peers. */
+    enabled: z.boolean().optional(),
+    /** Time between two probes (one member each, round-robin). Default 5s; ~200ms for sub-second detection. */
+    interval: duration().default(5_000),
+    /** Time a direct ping (and, separately, the indirect pings) may take before counting as missed. Default 1s. */
+    probeTimeout: duration().default(1_000),
+    /** Members asked to ping a member that missed a direct ping, before it is suspected; 0 disables. Default 3. */
+    indirectProbes: z.number().int().min(0).max(16).default(3),
+    /** Time a suspect has to refute before it is declared dead locally, with no other member confirming. Default 15s. */
+    suspicionTimeout: duration().default(15_000),
+    /** Lower bound the window shrinks to as other members confirm the suspicion. Default: a third of suspicionTimeout. */
+    suspicionMinTimeout: duration().optional(),
+    /** A suspect is excluded from outbound endpoint choice once suspected this long (dead ones always are). Default 0ms. */
+    excludeSuspectAfter: duration().default(0),
+    /** Every Nth probe of a member also exercises its context path (state agent), not only TLS; 0 disables. Default 5. */
+    deepCheckEvery: z.number().int().min(0).default(5),
+    /** Largest local health multiplier: a prober missing acks itself slows its probes by up to (1 + this)×. Default 8. */
+    maxLocalHealthMultiplier: z.number().int().min(0).max(64).default(8),
+    flapBackoff: z
+      .strictObject({
+        /** Hold-down before a member that was dead is trusted again; doubled per return. Default 1s. */
+        base: duration().default(1_000),
+        /** Longest hold-down; a member that stays up this long starts again from `base`. Default 60s. */
+        max: duration().default(60_000),
+      })
+      .prefault({}),
+    /** host:port of the control plane's admin/API listener for health reports. Default: xds.server's host, port 15014; none without xds. */
+    reportTo: hostPort.optional(),
+    /** Reports are repeated this often while a member is suspect or dead. Default 1s. */
+    reportInterval: duration().default(1_000),
+  })
+  .refine((h) => h.probeTimeout <= h.interval, { message: 'probeTimeout must not exceed interval', path: ['probeTimeout'] })
+  .refine((h) => h.suspicionMinTimeout === undefined || h.suspicionMinTimeout <= h.suspicionTimeout, {
+    message: 'suspicionMinTimeout must not exceed suspicionTimeout',
+    path: ['suspicionMinTimeout'],
+  });
+
 export const SidecarConfigSchema = z.strictObject({
   node: NodeSchema,
   identity: IdentitySchema,
@@ -304,6 +435,7 @@ export const SidecarConfigSchema = z.strictObject({
   context: ContextSchema.prefault({}),
   limits: LimitsSchema.prefault({}),
   log: LogSchema.prefault({}),
+  health: HealthSchema.prefault({}),
   /** Time SIGTERM or POST /drain lets in-flight requests finish. Default 15s. */
   drainTimeout: duration().default(15_000),
 });
@@ -316,3 +448,127 @@ export type OutlierDetectionConfig = z.infer<typeof OutlierDetectionSchema>;
 export type RetryConfig = z.infer<typeof RetrySchema>;
 export type LimitsConfig = z.infer<typeof LimitsSchema>;
 export type ContextConfig = z.infer<typeof ContextSchema>;
+export type HealthConfig = z.infer<typeof HealthSchema>;
+
+// ---------------------------------------------------------------------------------------------
+// The control plane (`ctxmesh control-plane -c control-plane.yaml`): its xDS and admin listeners,
+// the services it publishes, and how long registrations and health suspicions last. A service's
+// routing options mirror the sidecar's ClusterSchema and are translated into Envoy v3 resources.
+
+/** ip:port, IPv6 in brackets: EDS endpoints are addresses, not names (Envoy and gRPC both insist). */
+const ipPort = addressSchema({ ipOnly: true });
+
+const ServiceEndpointSchema = z.strictObject({
+  /** ip:port of the endpoint (IPv6 in brackets). */
+  address: ipPort,
+  /** Locality zone. Default "". */
+  zone: z.string().default(''),
+  /** 0 = primary; higher numbers are used only when every lower priority is unhealthy. Default 0. */
+  priority: z.number().int().min(0).max(7).default(0),
+});
+
+const MeshServiceSchema = z.strictObject({
+  /** Service name: the Listener, RouteConfiguration, Cluster and ClusterLoadAssignment `X`. */
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'expected letters, digits, ".", "_" or "-"'),
+  /** Namespace, for the `X.<namespace>.svc…` domains. Default "default". */
+  namespace: z.string().min(1).default('default'),
+  /** Static endpoints; sidecars that register through ADS are added to these. Default []. */
+  endpoints: z.array(ServiceEndpointSchema).default([]),
+  /** round_robin | least_request | ring_hash. Default round_robin. */
+  lb: ClusterSchema.shape.lb,
+  /** Request header hashed by ring_hash. Default x-ctx-key. */
+  hashHeader: ClusterSchema.shape.hashHeader,
+  /** mesh: endpoints are sidecars reached over mTLS; none: plain. Default mesh. */
+  tls: ClusterSchema.shape.tls,
+  /** Time allowed for response headers across all tries. Default: the client's own default. */
+  timeout: duration().optional(),
+  /** Time allowed to connect to an endpoint. Default: the client's own default. */
+  connectTimeout: duration().optional(),
+  /** Retry policy, as in a sidecar cluster. Default: the client's own default. */
+  retry: RetrySchema.optional(),
+  /** Circuit-breaker thresholds, as in a sidecar cluster. Default: the client's own default. */
+  circuitBreaker: CircuitBreakerSchema.optional(),
+  /** Outlier detection, as in a sidecar cluster. Default: the client's own default. */
+  outlierDetection: OutlierDetectionSchema.optional(),
+});
+
+export const ControlPlaneConfigSchema = z
+  .strictObject({
+    /** xDS (gRPC ADS) listener. Default 15010. */
+    port: port.default(15_010),
+    /** xDS bind address. Default 0.0.0.0 (sidecars connect from other hosts). */
+    address: z.string().default('0.0.0.0'),
+    admin: z
+      .strictObject({
+        /** Admin/API listener (registry, clients, failovers, drain, health reports). Default 15014. */
+        port: port.default(15_014),
+        /** Admin bind address. Default 127.0.0.1. */
+        address: z.string().default('127.0.0.1'),
+      })
+      .prefault({}),
+    services: z.array(MeshServiceSchema).default([]),
+    registration: z
+      .strictObject({
+        /** A sidecar stays an endpoint this long after its ADS stream closes or its last heartbeat. Default 15s. */
+        ttl: duration().default(15_000),
+      })
+      .prefault({}),
+    health: z
+      .strictObject({
+        /** Reports older than this no longer count towards declaring a member failed. Default 5s. */
+        suspicionWindow: duration().default(5_000),
+      })
+      .prefault({}),
+    /**
+     * Where the registry's shared state lives (registrations, endpoint health, epochs, health
+     * reports, failover history). memory (default): this process only, epochs restart at 0 with
+     * it. redis: shared by every replica of the control plane, epochs survive restarts.
+     */
+    store: z
+      .strictObject({
+        /** memory (default) | redis. */
+        backend: z.enum(['memory', 'redis']).default('memory'),
+        /** When backend is redis: the same url forms as context.l2.url (redis://, rediss://, redis+sentinel://, redis+cluster://). */
+        url: RedisUrl.optional(),
+        /** Prefix of every key and of the change channel. Default "ctxmesh:cp:". */
+        keyPrefix: z.string().min(1).default('ctxmesh:cp:'),
+        /** Time a Redis command may take before the store counts as unavailable. Default 1s. */
+        commandTimeout: duration().default(1_000),
+        /** Time allowed to (re)connect to Redis. Default 2s. */
+        connectTimeout: duration().default(2_000),
+        /** Full reload from Redis this often, the safety net behind pub/sub change notices. Default 5s. */
+        resyncInterval: duration().default(5_000),
+        /** Failover history entries kept (a capped list). Default 1000. */
+        historyLimit: z.number().int().min(1).max(100_000).default(1_000),
+      })
+      .superRefine((store, ctx) => {
+        if (store.backend !== 'redis') return;
+        if (store.url === undefined) return ctx.addIssue({ code: 'custom', message: 'url is required when backend is redis', path: ['url'] });
+        try {
+          parseRedisUrl(store.url);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^l2 url /, ''), path: ['url'] });
+        }
+      })
+      .prefault({}),
+    log: LogSchema.prefault({}),
+  })
+  .superRefine((config, ctx) => {
+    const seen = new Set<string>();
+    config.services.forEach((service, index) => {
+      if (seen.has(service.name)) ctx.addIssue({ code: 'custom', path: ['services', index, 'name'], message: `duplicate service ${service.name}` });
+      seen.add(service.name);
+      const addresses = new Set<string>();
+      service.endpoints.forEach((endpoint, e) => {
+        if (addresses.has(endpoint.address)) {
+          ctx.addIssue({ code: 'custom', path: ['services', index, 'endpoints', e, 'address'], message: `duplicate endpoint ${endpoint.address}` });
+        }
+        addresses.add(endpoint.address);
+      });
+    });
+  });
+
+export type ControlPlaneConfig = z.infer<typeof ControlPlaneConfigSchema>;
+export type MeshServiceConfig = z.infer<typeof MeshServiceSchema>;
+export type ServiceEndpointConfig = z.infer<typeof ServiceEndpointSchema>;
+export { ipPort as IpPortSchema };

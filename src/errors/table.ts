@@ -30,8 +30,11 @@ export const ERRORS = {
   draining: { status: 503, message: 'sidecar is draining' },
   not_ready: { status: 503, message: 'sidecar is not ready' },
   l2_unavailable: { status: 503, message: 'the L2 store (Redis) is unavailable' },
+  store_unavailable: { status: 503, message: 'the control plane registry store (Redis) is unavailable' },
   write_queue_full: { status: 503, message: 'the write-behind queue is full' },
   upstream_timeout: { status: 504, message: 'upstream did not respond in time' },
+  quorum_unavailable: { status: 503, message: 'too few replicas of the context answered for the requested consistency' },
+  indeterminate: { status: 504, message: 'the write reached too few replicas in time: it may or may not take effect' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

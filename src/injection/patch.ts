@@ -6,6 +6,8 @@ import {
   INJECT_ANNOTATION,
   INJECT_LABEL,
   PROXY_CONTAINER_NAME,
+  SIDECAR_LABEL,
+  SIDECAR_LABEL_VALUE,
   STATUS_ANNOTATION,
   buildInjection,
   type InjectionTemplate,
@@ -118,11 +120,20 @@ export function buildPatch(
   }
   const status = JSON.stringify(injection.status);
   if (!metadata) {
-    patch.push({ op: 'add', path: `${base}/metadata`, value: { annotations: { [STATUS_ANNOTATION]: status } } });
-  } else if (!isObject(metadata.annotations)) {
+    patch.push({ op: 'add', path: `${base}/metadata`, value: { labels: { [SIDECAR_LABEL]: SIDECAR_LABEL_VALUE }, annotations: { [STATUS_ANNOTATION]: status } } });
+    return { decision, patch, warnings };
+  }
+  if (!isObject(metadata.annotations)) {
     patch.push({ op: 'add', path: `${base}/metadata/annotations`, value: { [STATUS_ANNOTATION]: status } });
   } else {
     patch.push({ op: 'add', path: `${base}/metadata/annotations/${escapePointerToken(STATUS_ANNOTATION)}`, value: status });
+  }
+  // The label the chart's NetworkPolicy admits to the control plane ("add" replaces a value the
+  // pod set itself, so a pod cannot opt out of it while carrying a sidecar).
+  if (!isObject(metadata.labels)) {
+    patch.push({ op: 'add', path: `${base}/metadata/labels`, value: { [SIDECAR_LABEL]: SIDECAR_LABEL_VALUE } });
+  } else {
+    patch.push({ op: 'add', path: `${base}/metadata/labels/${escapePointerToken(SIDECAR_LABEL)}`, value: SIDECAR_LABEL_VALUE });
   }
   return { decision, patch, warnings };
 }

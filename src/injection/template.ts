@@ -7,6 +7,12 @@ import { VERSION } from '../cli/version.js';
 export const INJECT_LABEL = 'ctxmesh.io/inject';
 export const INJECT_ANNOTATION = 'ctxmesh.io/inject';
 export const STATUS_ANNOTATION = 'ctxmesh.io/status';
+/**
+ * Stamped on every injected pod. The chart's NetworkPolicy admits only pods carrying it to the
+ * control plane's xDS and admin ports, which have no authentication of their own.
+ */
+export const SIDECAR_LABEL = 'ctxmesh.io/sidecar';
+export const SIDECAR_LABEL_VALUE = 'true';
 export const MODE_ANNOTATION = 'ctxmesh.io/mode';
 export const HOLD_ANNOTATION = 'ctxmesh.io/hold-application-until-proxy-starts';
 export const CPU_ANNOTATION = 'ctxmesh.io/proxy-cpu';
@@ -23,6 +29,9 @@ const port = z.number().int().min(1).max(65_535);
 // the API server rejects (which would block the workload: the opposite of "never reject").
 const QUANTITY_PATTERN = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
 const quantity = z.string().regex(QUANTITY_PATTERN, 'expected a Kubernetes quantity, e.g. 100m or 128Mi');
+
+/** The pod IP from the downward API; not CTXMESH_-prefixed, so the config loader ignores it. */
+export const POD_IP_ENV = 'POD_IP';
 
 export const MODES = ['full', 'state-only'] as const;
 export type InjectionMode = (typeof MODES)[number];
@@ -44,6 +53,19 @@ export const InjectionTemplateSchema = z.strictObject({
       admin: port.default(15_000),
     })
     .prefault({}),
+  /**
+   * Bind address of the outbound listener in full mode. Default "::" (every address, IPv4 and
+   * IPv6): ip6tables REDIRECTs a pod's IPv6 connections to [::1], which a listener on 127.0.0.1
+   * never sees. Reaching it from outside the pod is no risk while the rules are in place (every
+   * inbound connection goes to the inbound port). "127.0.0.1" on nodes booted without IPv6.
+   */
+  outboundAddress: z.string().min(1).default('::'),
+  /**
+   * Bind address of the inbound (mTLS) listener in full mode. Default "::": ip6tables REDIRECTs
+   * IPv6 connections arriving at the pod to its IPv6 address, which a listener on 0.0.0.0 never
+   * sees. "0.0.0.0" on nodes booted without IPv6.
+   */
+  inboundAddress: z.string().min(1).default('::'),
   /**
    * Ports of the sidecar in state-only mode. Istio's own agent already holds 15000 (Envoy admin),
    * 15001/15006 (Envoy listeners) and 15020 (pilot-agent merged metrics, bound on all addresses),
@@ -214,6 +236,19 @@ export function buildInjection(meta: PodMeta, template: InjectionTemplate, warni
       { name: 'CTXMESH_OUTBOUND_PORT', value: '0' },
       { name: 'CTXMESH_INBOUND_PORT', value: '0' },
       { name: 'CTXMESH_INBOUND_ADDRESS', value: '127.0.0.1' },
+    );
+  } else {
+    env.push(
+      // Quoted: the config loader reads variables as YAML, where a bare `::` is a mapping.
+      { name: 'CTXMESH_OUTBOUND_ADDRESS', value: JSON.stringify(template.outboundAddress) },
+      { name: 'CTXMESH_INBOUND_ADDRESS', value: JSON.stringify(template.inboundAddress) },
+      // Other sidecars and the control plane reach this one at the pod IP, not at the default
+      // 127.0.0.1: it is the member address and the endpoint it registers over ADS. Kubernetes
+      // expands $(POD_IP) from the variable defined just before it. The bare IP is passed as it
+      // is, and the sidecar appends its inbound port: `$(POD_IP):15006` would be an unbracketed
+      // IPv6 address in an IPv6 cluster, and `[$(POD_IP)]` is no IPv4 address.
+      { name: POD_IP_ENV, valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'status.podIP' } } },
+      { name: 'CTXMESH_INBOUND_ADVERTISE', value: `$(${POD_IP_ENV})` },
     );
   }
 

@@ -1,30 +1,39 @@
 // The injector's HTTPS server: the API server POSTs AdmissionReview v1 to /inject (any path is
-// accepted, since the webhook configuration names it) and gets the review back.
+// accepted, since the webhook configuration names it) and gets the review back. Given the files
+// of its serving certificate, it reloads them on rotation: new connections get the new pair,
+// open ones keep theirs, and a pair that does not validate is logged and left out.
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../telemetry/logger.js';
 import { reviewAdmission, type AdmissionOptions } from './admission.js';
+import { ServingCertificate, type ServingCertPaths } from './serving-cert.js';
 
 /** An AdmissionReview is bounded by etcd's object limit (~1.5 MiB) plus the old object; 8 MiB is ample. */
 export const MAX_REVIEW_BYTES = 8 * 1024 * 1024;
 /** The API server's webhook timeout defaults to 10 s; a client that sends slower than this is gone. */
 export const REQUEST_TIMEOUT_MS = 10_000;
 
-export interface WebhookOptions extends AdmissionOptions {
-  port: number;
-  host?: string;
-  cert: string | Buffer;
-  key: string | Buffer;
-  logger: Logger;
-}
+/** The serving pair: fixed PEM contents, or files that are watched and reloaded on rotation. */
+export type WebhookCertificate = { cert: string | Buffer; key: string | Buffer } | { certFile: string; keyFile: string };
+
+export type WebhookOptions = AdmissionOptions &
+  WebhookCertificate & {
+    port: number;
+    host?: string;
+    logger: Logger;
+  };
 
 export interface Webhook {
   server: https.Server;
   port: number;
+  /** The watched serving certificate, when started from files. */
+  certificate?: ServingCertificate;
   close(): Promise<void>;
 }
+
+const TLS_MIN_VERSION = 'TLSv1.2';
 
 function send(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
@@ -45,7 +54,17 @@ async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
 
 export async function startWebhook(options: WebhookOptions): Promise<Webhook> {
   const { logger } = options;
-  const server = https.createServer({ cert: options.cert, key: options.key, minVersion: 'TLSv1.2' }, (req, res) => {
+  let certificate: ServingCertificate | undefined;
+  let pair: { cert: string | Buffer; key: string | Buffer };
+  const certFile = 'certFile' in options ? options.certFile : undefined;
+  if ('certFile' in options) {
+    const paths: ServingCertPaths = { cert: options.certFile, key: options.keyFile };
+    certificate = ServingCertificate.load(paths);
+    pair = certificate.current;
+  } else {
+    pair = { cert: options.cert, key: options.key };
+  }
+  const server = https.createServer({ ...pair, minVersion: TLS_MIN_VERSION }, (req, res) => {
     void handle(req, res).catch((err: Error) => {
       logger.error({ err: err.message }, 'webhook request failed');
       if (!res.headersSent) send(res, 500, { error: 'internal error' });
@@ -83,18 +102,38 @@ export async function startWebhook(options: WebhookOptions): Promise<Webhook> {
     send(res, 200, outcome.review);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host ?? '0.0.0.0', () => {
-      server.off('error', reject);
-      resolve();
+  if (certificate) {
+    certificate.on('rotated', (next) => {
+      // Only handshakes from now on use it; established connections keep the pair they began with.
+      server.setSecureContext({ cert: next.cert, key: next.key, minVersion: TLS_MIN_VERSION });
+      logger.info({ serial: next.serial, notAfter: next.notAfter.toISOString() }, 'serving certificate reloaded');
     });
-  });
+    certificate.on('reload_error', (err) => {
+      logger.error({ err: err.message, serial: certificate!.current.serial }, 'serving certificate reload failed: keeping the current certificate');
+    });
+    certificate.watch();
+    logger.info({ serial: certificate.current.serial, notAfter: certificate.current.notAfter.toISOString(), cert: certFile }, 'serving certificate loaded; watching for rotation');
+  }
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, options.host ?? '0.0.0.0', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    certificate?.close();
+    throw err;
+  }
   return {
     server,
     port: (server.address() as AddressInfo).port,
+    certificate,
     close: () =>
       new Promise<void>((resolve) => {
+        certificate?.close();
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -8,8 +8,13 @@
 //   CTXMESH_REDIRECT    → REDIRECT to the outbound port (15001)
 //   CTXMESH_IN_REDIRECT → REDIRECT to the inbound port (15006)
 // The sidecar's own traffic (its uid/gid) is never redirected outbound, or every connection it
-// makes upstream would come straight back to it. IPv4 only (ip6tables is not generated).
-import { isIPv4 } from 'node:net';
+// makes upstream would come straight back to it.
+//
+// IPv6 gets the same chains from ip6tables (as istio-iptables does for dual-stack pods): one rule
+// set per family, differing only in the loopback address, the "everything" CIDR and which CIDRs
+// of the include/exclude lists apply. Without them a dual-stack pod's IPv6 traffic would bypass
+// the sidecar (and its mTLS) entirely.
+import { isIPv4, isIPv6 } from 'node:net';
 
 export const DEFAULT_OUTBOUND_PORT = 15_001;
 export const DEFAULT_INBOUND_PORT = 15_006;
@@ -17,7 +22,16 @@ export const DEFAULT_ADMIN_PORT = 15_000;
 export const DEFAULT_CONTEXT_PORT = 15_020;
 /** The uid (and gid) the sidecar runs as, as Istio's 1337. */
 export const DEFAULT_PROXY_UID = 1337;
-export const DEFAULT_INCLUDE_OUTBOUND_CIDRS = ['0.0.0.0/0'];
+export const DEFAULT_INCLUDE_OUTBOUND_CIDRS = ['0.0.0.0/0', '::/0'];
+
+export type IpFamily = 4 | 6;
+export const IP_FAMILIES: readonly IpFamily[] = [4, 6];
+
+/** What differs between the iptables (4) and ip6tables (6) rule sets. */
+export const FAMILY = {
+  4: { loopback: '127.0.0.1/32', everything: '0.0.0.0/0', save: 'iptables-save', restore: 'iptables-restore' },
+  6: { loopback: '::1/128', everything: '::/0', save: 'ip6tables-save', restore: 'ip6tables-restore' },
+} as const satisfies Record<IpFamily, { loopback: string; everything: string; save: string; restore: string }>;
 
 export const CHAIN_OUTPUT = 'CTXMESH_OUTPUT';
 export const CHAIN_REDIRECT = 'CTXMESH_REDIRECT';
@@ -44,9 +58,12 @@ export interface InterceptionOptions {
   excludeOutboundPorts: string[];
   /** Destination ports that arrive at the app directly, not through the inbound listener. */
   excludeInboundPorts: string[];
-  /** Destinations (IPv4 CIDR) reached directly. */
+  /** Destinations (IPv4 or IPv6 CIDR; each goes to its family's rules) reached directly. */
   excludeOutboundCidrs: string[];
-  /** Destinations redirected to the sidecar; everything else is reached directly. Default 0.0.0.0/0. */
+  /**
+   * Destinations redirected to the sidecar (either family); everything else is reached directly.
+   * A family with no CIDR here has no outbound redirect at all. Default 0.0.0.0/0 and ::/0.
+   */
   includeOutboundCidrs: string[];
   /** Ports never intercepted inbound whatever the flags say: admin and context API. */
   adminPort: number;
@@ -93,16 +110,33 @@ export function parsePortList(value: string, what: string): string[] {
   });
 }
 
-/** "10.0.0.0/8,192.168.1.1" → ["10.0.0.0/8", "192.168.1.1/32"], validated; "" → []. */
+/**
+ * "10.0.0.0/8,192.168.1.1,fd00::/8,::1" → ["10.0.0.0/8", "192.168.1.1/32", "fd00::/8", "::1/128"],
+ * validated; "" → []; "*" → everything of both families.
+ */
 export function parseCidrList(value: string, what: string): string[] {
-  return splitList(value).map((item) => {
-    const [address, bits, extra] = item.split('/');
-    const prefix = bits === undefined ? 32 : /^\d{1,2}$/.test(bits) ? Number(bits) : NaN;
-    if (extra !== undefined || !isIPv4(address ?? '') || !(prefix >= 0 && prefix <= 32)) {
-      throw new RulesError(`${what}: "${item}" is not an IPv4 CIDR such as 10.0.0.0/8`);
+  return splitList(value).flatMap((item) => {
+    if (item === '*') return [FAMILY[4].everything, FAMILY[6].everything];
+    const [address = '', bits, extra] = item.split('/');
+    const family = familyOfAddress(address);
+    const max = family === 6 ? 128 : 32;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
+    if (extra !== undefined || family === undefined || !(prefix >= 0 && prefix <= max)) {
+      throw new RulesError(`${what}: "${item}" is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or fd00::/8`);
     }
-    return `${address}/${prefix}`;
+    return [`${address.toLowerCase()}/${prefix}`];
   });
+}
+
+function familyOfAddress(address: string): IpFamily | undefined {
+  if (isIPv4(address)) return 4;
+  if (isIPv6(address)) return 6;
+  return undefined;
+}
+
+/** The family of a CIDR as parseCidrList returns it. */
+export function cidrFamily(cidr: string): IpFamily {
+  return cidr.includes(':') ? 6 : 4;
 }
 
 function splitList(value: string): string[] {
@@ -112,9 +146,14 @@ function splitList(value: string): string[] {
     .filter((s) => s.length > 0);
 }
 
-/** The rules (iptables-restore lines for `*nat`, without the table header and COMMIT). */
-export function buildRules(options: InterceptionOptions): string[] {
+/**
+ * The rules of one family (iptables-restore lines for `*nat`, without the table header and
+ * COMMIT): family 4 for iptables-restore, 6 for ip6tables-restore.
+ */
+export function buildRules(options: InterceptionOptions, family: IpFamily = 4): string[] {
   const o = options;
+  const { loopback, everything } = FAMILY[family];
+  const ofFamily = (cidrs: string[]): string[] => unique(cidrs).filter((c) => cidrFamily(c) === family);
   for (const [what, port] of [
     ['outbound port', o.outboundPort],
     ['inbound port', o.inboundPort],
@@ -151,16 +190,16 @@ export function buildRules(options: InterceptionOptions): string[] {
     ['--uid-owner', uid],
     ['--gid-owner', gid],
   ] as const) {
-    add(`-A ${CHAIN_OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner ${match} ${id} -j ${CHAIN_IN_REDIRECT}`);
+    add(`-A ${CHAIN_OUTPUT} ! -d ${loopback} -o lo -m owner ${match} ${id} -j ${CHAIN_IN_REDIRECT}`);
     add(`-A ${CHAIN_OUTPUT} -o lo -m owner ! ${match} ${id} -j RETURN`);
     add(`-A ${CHAIN_OUTPUT} -m owner ${match} ${id} -j RETURN`);
   }
   // 5. localhost is never intercepted;
-  add(`-A ${CHAIN_OUTPUT} -d 127.0.0.1/32 -j RETURN`);
+  add(`-A ${CHAIN_OUTPUT} -d ${loopback} -j RETURN`);
   // 6. excluded destinations are reached directly; 7. included ones go to the outbound listener.
-  for (const cidr of unique(o.excludeOutboundCidrs)) add(`-A ${CHAIN_OUTPUT} -d ${cidr} -j RETURN`);
-  const include = unique(o.includeOutboundCidrs);
-  if (include.includes('0.0.0.0/0')) add(`-A ${CHAIN_OUTPUT} -j ${CHAIN_REDIRECT}`);
+  for (const cidr of ofFamily(o.excludeOutboundCidrs)) add(`-A ${CHAIN_OUTPUT} -d ${cidr} -j RETURN`);
+  const include = ofFamily(o.includeOutboundCidrs);
+  if (include.includes(everything)) add(`-A ${CHAIN_OUTPUT} -j ${CHAIN_REDIRECT}`);
   else for (const cidr of include) add(`-A ${CHAIN_OUTPUT} -d ${cidr} -j ${CHAIN_REDIRECT}`);
   add(`-A ${CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports ${o.outboundPort}`);
 
@@ -169,9 +208,9 @@ export function buildRules(options: InterceptionOptions): string[] {
   return lines;
 }
 
-/** The complete iptables-restore input (apply with `iptables-restore --noflush`). */
-export function buildRestoreScript(options: InterceptionOptions): string {
-  return ['# ctxmesh iptables: apply with `iptables-restore --noflush`', '*nat', ...buildRules(options), 'COMMIT', ''].join('\n');
+/** The complete restore input of one family (apply with `iptables-restore --noflush`, or ip6tables-restore for 6). */
+export function buildRestoreScript(options: InterceptionOptions, family: IpFamily = 4): string {
+  return [`# ctxmesh iptables: apply with \`${FAMILY[family].restore} --noflush\``, '*nat', ...buildRules(options, family), 'COMMIT', ''].join('\n');
 }
 
 /**
@@ -179,14 +218,14 @@ export function buildRestoreScript(options: InterceptionOptions): string {
  * `iptables-save -t nat` prints it; undefined when nothing of ctxmesh is there. Removes every
  * jump to a CTXMESH_* chain (however many times it was added), then flushes and deletes the chains.
  */
-export function buildCleanupScript(natTable: string): string | undefined {
+export function buildCleanupScript(natTable: string, family: IpFamily = 4): string | undefined {
   const ours = new Set<string>(CTXMESH_CHAINS);
   const lines = natTable.split('\n').map((l) => l.trim());
   const present = lines.filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(/\s+/)[0]!).filter((c) => ours.has(c));
   const jumps = existingJumps(natTable);
   if (present.length === 0 && jumps.length === 0) return undefined;
   return [
-    '# ctxmesh iptables --cleanup',
+    `# ctxmesh iptables --cleanup: apply with \`${FAMILY[family].restore} --noflush\``,
     '*nat',
     ...jumps.map((rule) => rule.replace(/^-A /, '-D ')),
     ...present.map((c) => `-F ${c}`),
@@ -202,9 +241,9 @@ export function buildCleanupScript(natTable: string): string | undefined {
  * --noflush only the declared chains are flushed), so there is never a moment without rules and
  * never a second copy.
  */
-export function buildReplaceScript(natTable: string, options: InterceptionOptions): string {
+export function buildReplaceScript(natTable: string, options: InterceptionOptions, family: IpFamily = 4): string {
   const jumps = existingJumps(natTable).map((rule) => rule.replace(/^-A /, '-D '));
-  return ['# ctxmesh iptables: apply with `iptables-restore --noflush`', '*nat', ...jumps, ...buildRules(options), 'COMMIT', ''].join('\n');
+  return [`# ctxmesh iptables: apply with \`${FAMILY[family].restore} --noflush\``, '*nat', ...jumps, ...buildRules(options, family), 'COMMIT', ''].join('\n');
 }
 
 function existingJumps(natTable: string): string[] {

@@ -25,6 +25,10 @@ import { LocalStore } from './local-store.js';
 import { recordSize, type ContextRecord } from './record.js';
 import type { Consistency, StoreStats } from './store.js';
 import { versionNodeTag } from './version.js';
+import { HintStore } from './replication/hints.js';
+import { ReplicaStore } from './replication/replica-store.js';
+import { Replicator, consistencyResolver, type Peering } from './replication/replicator.js';
+import { AntiEntropy } from './replication/anti-entropy.js';
 
 const API_ADDRESS = '127.0.0.1';
 /** How often the list of hottest keys is saved for the next start's warming. */
@@ -36,6 +40,8 @@ const FLUSHED_FILE = 'l2-flushed.lsn';
 export interface StateAgentOptions {
   logger: Logger;
   metrics: MeshMetrics;
+  /** The peer transport and member set: with context.replication.peers, the context API is replicated over them. */
+  peering?: Peering;
   random?: () => number;
   now?: () => number;
 }
@@ -49,6 +55,10 @@ export class StateAgent {
   /** Snapshots of the embedded L2; with Redis, Redis's own persistence covers L2. */
   checkpoints: CheckpointManager | undefined;
   private encryptionKey: Buffer | undefined;
+  /** The replicated store the context API uses when peers are configured. */
+  replicator: Replicator | undefined;
+  /** Merkle-tree rounds with replica peers and rebalancing when placement changes (with the replicator). */
+  antiEntropy: AntiEntropy | undefined;
 
   private constructor(
     private readonly config: SidecarConfig,
@@ -77,6 +87,10 @@ export class StateAgent {
     let agent: StateAgent | undefined;
     let checkpoints: CheckpointManager | undefined;
     const writeBehind = ctx.writeMode === 'write-behind';
+    const appendWal = (payload: Buffer): Promise<number> => {
+      checkpoints?.noteWrite(payload.length);
+      return wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload));
+    };
     const store = new LocalStore({
       nodeTag,
       l1MaxBytes: ctx.l1.maxBytes,
@@ -84,12 +98,7 @@ export class StateAgent {
       writeMode: ctx.writeMode,
       writeBehind: ctx.writeBehind,
       l2,
-      wal: {
-        append: (payload) => {
-          checkpoints?.noteWrite(payload.length);
-          return wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload));
-        },
-      },
+      wal: { append: appendWal },
       onFlushed: (lsn) => agent?.recordFlushed(lsn),
       logger,
       now: options.now,
@@ -133,14 +142,46 @@ export class StateAgent {
     await ready;
 
     const requests = registerMetrics(options.metrics, store);
+    // With peers, the context API goes through the replicator; alone, straight to the local store.
+    let replica: ReplicaStore | undefined;
+    const replicator =
+      options.peering && ctx.replication.peers.length > 0
+        ? new Replicator({
+            nodeId: config.node.id,
+            nodeTag,
+            config: ctx.replication,
+            store,
+            replica: (replica = new ReplicaStore({ store, l2, appendWal, now: options.now })),
+            hints: new HintStore({ dir: join(dir, 'hints'), maxBytesPerPeer: ctx.replication.hints.maxBytes, sync: ctx.wal.fsync === 'always', logger, now: options.now }),
+            peering: options.peering,
+            logger,
+            registry: options.metrics.registry,
+            now: options.now,
+          })
+        : undefined;
     const server = createContextApiServer({
-      store,
+      store: replicator ?? store,
       config: ctx,
       limits: config.limits,
       defaultConsistency: ctx.replication.consistency,
+      consistencyFor: consistencyResolver(ctx.replication.levels, ctx.replication.consistency),
       onRequest: (op, consistency, status) => requests.labels(op, consistency, String(status)).inc(),
     });
     agent = new StateAgent(config, store, l2, wal, server, dir, logger);
+    agent.replicator = replicator;
+    agent.antiEntropy =
+      replicator && replica && options.peering
+        ? await AntiEntropy.start({
+            nodeId: config.node.id,
+            config: ctx.replication,
+            replica,
+            ring: replicator.ring,
+            peering: options.peering,
+            list: (prefix, after, limit) => store.list(prefix, after, limit),
+            logger,
+            registry: options.metrics.registry,
+          })
+        : undefined;
     agent.flushedLsn = flushed;
     agent.checkpoints = checkpoints;
     agent.encryptionKey = encryptionKey;
@@ -310,6 +351,8 @@ export class StateAgent {
       clearInterval(this.hotKeysTimer);
       this.server.closeAllConnections();
       await new Promise<void>((done) => (this.server.listening ? this.server.close(() => done()) : done()));
+      await this.antiEntropy?.close();
+      await this.replicator?.close();
       await this.store.close(flushTimeoutMs);
       await this.checkpoints?.close();
       await this.markerWrite;

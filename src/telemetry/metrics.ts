@@ -66,6 +66,49 @@ export class MeshMetrics {
     registers: [this.registry],
   });
 
+  // The health monitor (src/membership/prober.ts).
+  readonly healthProbes = new Counter({
+    name: 'ctxmesh_health_probes_total',
+    help: 'Failure-detector probes of other members, by result: ack, indirect_ack, failed, deep_failed.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly healthSuspicions = new Counter({
+    name: 'ctxmesh_health_suspicions_total',
+    help: 'Members this sidecar started to suspect (its own probes or news from others).',
+    registers: [this.registry],
+  });
+  /** Filled at scrape time from the prober's member table. */
+  readonly healthMemberState = new Gauge({
+    name: 'ctxmesh_health_member_state',
+    help: 'Each member as this sidecar sees it: 0 alive, 1 suspect, 2 dead (or held down after coming back), 3 draining.',
+    labelNames: ['member'] as const,
+    registers: [this.registry],
+  });
+  readonly healthLocalMultiplier = new Gauge({
+    name: 'ctxmesh_health_local_multiplier',
+    help: 'Lifeguard local health multiplier: probes slow down by (1 + this) while this sidecar misses acks itself.',
+    registers: [this.registry],
+  });
+  readonly healthReports = new Counter({
+    name: 'ctxmesh_health_reports_total',
+    help: 'Health reports posted to the control plane, by outcome: sent, failed.',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  /** The sidecar's xDS client (src/xds-client/). */
+  readonly xdsUpdates = new Counter({
+    name: 'ctxmesh_xds_updates_total',
+    help: 'Discovery responses received from the control plane, by type (lds | rds | cds | eds) and result (ack | nack).',
+    labelNames: ['type', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly xdsConnected = new Gauge({
+    name: 'ctxmesh_xds_connected',
+    help: 'Whether the ADS stream to the control plane is up (1) or not (0).',
+    registers: [this.registry],
+  });
+
   private readonly collectors: Array<() => void> = [];
 
   constructor() {
@@ -77,6 +120,61 @@ export class MeshMetrics {
   }
 
   /** Registers a function that refreshes gauges from live state just before a scrape. */
+  onCollect(collector: () => void): void {
+    this.collectors.push(collector);
+  }
+
+  async render(): Promise<string> {
+    for (const collect of this.collectors) collect();
+    return this.registry.metrics();
+  }
+}
+
+/** The control plane's metrics (xds/): ADS streams, pushes, ACKs/NACKs, the registry, failovers. */
+export class ControlPlaneMetrics {
+  readonly registry = new Registry();
+  readonly streams = new Gauge({
+    name: 'ctxmesh_xds_streams',
+    help: 'Open ADS streams, by variant (sotw | delta).',
+    labelNames: ['variant'] as const,
+    registers: [this.registry],
+  });
+  readonly pushes = new Counter({
+    name: 'ctxmesh_xds_pushes_total',
+    help: 'Discovery responses sent, by resource type.',
+    labelNames: ['type'] as const,
+    registers: [this.registry],
+  });
+  readonly acks = new Counter({
+    name: 'ctxmesh_xds_acks_total',
+    help: 'Responses ACKed by clients, by resource type.',
+    labelNames: ['type'] as const,
+    registers: [this.registry],
+  });
+  readonly nacks = new Counter({
+    name: 'ctxmesh_xds_nacks_total',
+    help: 'Responses rejected (NACKed) by clients, by resource type.',
+    labelNames: ['type'] as const,
+    registers: [this.registry],
+  });
+  readonly endpoints = new Gauge({
+    name: 'ctxmesh_xds_endpoints',
+    help: 'Endpoints in the registry, by service and health.',
+    labelNames: ['service', 'health'] as const,
+    registers: [this.registry],
+  });
+  readonly failovers = new Counter({
+    name: 'ctxmesh_xds_failovers_total',
+    help: 'Registry events, by kind (declared | recovered | drain | registered | expired).',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  private readonly collectors: Array<() => void> = [];
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'ctxmesh_process_' });
+  }
+
   onCollect(collector: () => void): void {
     this.collectors.push(collector);
   }

@@ -2,9 +2,9 @@
 // every object validated against the Kubernetes OpenAPI schemas; the mesh ConfigMap must pass
 // ctxmesh's own config schema, and the webhook's certificate must chain to its caBundle.
 import { parseRedisUrl } from '../../src/state/cache/redis-url.js';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,10 +15,13 @@ import { MutatingWebhookConfiguration } from 'kubernetes-models/admissionregistr
 import { Deployment } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { ConfigMap, Secret, Service, ServiceAccount } from 'kubernetes-models/v1';
-import { SidecarConfigSchema } from '../../src/config/schema.js';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
+import { advertisedAddress } from '../../src/config/host-port.js';
+import { ControlPlaneConfigSchema, SidecarConfigSchema } from '../../src/config/schema.js';
 import { applyEnvOverrides } from '../../src/config/load.js';
 
 const CHART = 'charts/ctxmesh';
+const CLI = 'dist/src/cli/main.js';
 const NAMESPACE = 'mesh-system';
 const RELEASE = 'mesh';
 const FULLNAME = 'mesh-ctxmesh';
@@ -114,6 +117,7 @@ const VALIDATORS: Record<string, (o: K8sObject) => void> = {
   'v1/Service': (o) => new Service(o as any).validate(),
   'v1/ServiceAccount': (o) => new ServiceAccount(o as any).validate(),
   'apps/v1/Deployment': (o) => new Deployment(o as any).validate(),
+  'networking.k8s.io/v1/NetworkPolicy': (o) => new NetworkPolicy(o as any).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRole': (o) => new ClusterRole(o as any).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': (o) => new ClusterRoleBinding(o as any).validate(),
   'rbac.authorization.k8s.io/v1/Role': (o) => new Role(o as any).validate(),
@@ -195,6 +199,37 @@ function expectServiceFronts(service: K8sObject, deployment: K8sObject): void {
   for (const p of service.spec.ports) expect(portNames, `targetPort ${p.targetPort}`).toContain(p.targetPort);
 }
 
+/** A control plane with static services, in the shape of ControlPlaneConfigSchema's `services`. */
+const CONTROL_PLANE_SERVICES = {
+  controlPlane: {
+    services: [
+      { name: 'chat', namespace: 'apps', lb: 'ring_hash', hashHeader: 'x-ctx-key', endpoints: [{ address: '10.0.0.5:15006', zone: 'eu-1a' }, { address: '10.0.1.5:15006', zone: 'eu-1b', priority: 1 }] },
+      { name: 'search', timeout: '5s', retry: { attempts: 2, perTryTimeout: '1s' } },
+    ],
+    registrationTtl: '30s',
+    suspicionWindow: '3s',
+    logLevel: 'debug',
+  },
+};
+
+/** The control plane's NetworkPolicy with every knob turned. */
+const NETWORK_POLICY_SET = {
+  controlPlane: {
+    networkPolicy: {
+      namespaceSelector: { matchLabels: { 'ctxmesh.io/inject': 'enabled' } },
+      extraFrom: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }],
+      kubeletCidrs: ['10.0.0.0/16', 'fd00:10::/64'],
+    },
+  },
+};
+
+/** IPv6 addresses wherever the values take one. */
+const IPV6_SET = {
+  mesh: { clusters: [{ name: 'chat', domains: ['chat'], endpoints: [{ address: '[fd00:10:244::5]:15006' }, { address: '10.244.1.5:15006', priority: 1 }] }] },
+  controlPlane: { services: [{ name: 'chat', endpoints: [{ address: '[fd00:10:244::5]:15006' }, { address: '10.244.1.5:15006' }] }] },
+  redis: { mode: 'external', external: { host: 'fd00:10:96::6379', port: 6379 } },
+};
+
 const REDIS_SETS = {
   external: { redis: { mode: 'external', external: { host: 'redis.data.svc', port: 6380, db: 2, tls: true } } },
   sentinel: { redis: { mode: 'sentinel', sentinel: { masterName: 'ctx', hosts: ['s-0.sentinel:26379', 's-1.sentinel:26379', 's-2.sentinel:26379'] } } },
@@ -210,7 +245,15 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
       expect(r.status, r.stdout + r.stderr).toBe(0);
       expect(r.stdout).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
     }
-    for (const values of [...Object.values(REDIS_SETS), { controlPlane: { enabled: true } }, { injector: { certManager: { enabled: true } } }]) {
+    for (const values of [
+      ...Object.values(REDIS_SETS),
+      CONTROL_PLANE_SERVICES,
+      { controlPlane: { enabled: false } },
+      { injector: { certManager: { enabled: true } } },
+      NETWORK_POLICY_SET,
+      { controlPlane: { networkPolicy: { enabled: false } } },
+      IPV6_SET,
+    ]) {
       const r = helm(['lint', CHART, '--strict', '-f', valuesFile(values)]);
       expect(r.status, `${JSON.stringify(values)}: ${r.stdout}${r.stderr}`).toBe(0);
     }
@@ -223,10 +266,16 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
     });
     const injectorName = `${FULLNAME}-injector`;
 
-    it('renders only schema-valid objects: injector, its webhook and cert, mesh ConfigMap, RBAC; no control plane', () => {
+    it('renders only schema-valid objects: injector, its webhook and cert, mesh ConfigMap, RBAC, control plane', () => {
       validateAll(objects);
+      const controlPlane = `${FULLNAME}-control-plane`;
       expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(
         [
+          `ConfigMap/${controlPlane}`,
+          `Deployment/${controlPlane}`,
+          `NetworkPolicy/${controlPlane}`,
+          `Service/${controlPlane}`,
+          `ServiceAccount/${controlPlane}`,
           `ClusterRole/${injectorName}`,
           `ClusterRoleBinding/${injectorName}`,
           `ConfigMap/${FULLNAME}-mesh`,
@@ -328,12 +377,14 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
         ca: '/var/run/secrets/ctxmesh/ca.pem',
       });
       expect(config.context.checkpoint.dir).toBe('/var/lib/ctxmesh/checkpoints');
-      expect(config.inbound).toMatchObject({ port: 15006, app: 'http://127.0.0.1:8080', allow: ['spiffe://ctxmesh.local/*'] });
-      expect(config.outbound.port).toBe(15001);
+      expect(config.inbound).toMatchObject({ port: 15006, address: '::', app: 'http://127.0.0.1:8080', allow: ['spiffe://ctxmesh.local/*'] });
+      expect(config.outbound).toEqual({ port: 15001, address: '::' });
       expect(config.admin.port).toBe(15000);
       expect(config.context.l2).toMatchObject({ backend: 'memory' });
       expect(config.context.l2.url).toBeUndefined();
-      expect(config.xds).toBeUndefined();
+      // The control plane is on by default: sidecars follow it and report health to it.
+      expect(config.xds).toMatchObject({ server: `${FULLNAME}-control-plane.${NAMESPACE}.svc:15010` });
+      expect(config.health.reportTo).toBe(`${FULLNAME}-control-plane.${NAMESPACE}.svc:15014`);
       expect(config.clusters).toEqual([]);
     });
   });
@@ -365,12 +416,110 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
     expect(configVolume, 'a volume of the mesh ConfigMap').toBeDefined();
     const mount = proxy.volumeMounts.find((m: any) => m.name === configVolume.name);
     expect(proxy.args).toEqual(['sidecar', '-c', `${mount.mountPath}/sidecar.yaml`]);
-    const env: Record<string, string> = { CTXMESH_NODE_ID: pod };
-    for (const e of proxy.env) if (typeof e.value === 'string') env[e.name] = e.value;
-    const config = SidecarConfigSchema.parse(applyEnvOverrides(sidecarYaml(objects), SidecarConfigSchema, env));
-    expect(config.node.id).toBe(pod);
-    // The file and the injector agree, so the overrides change nothing but the node id.
-    expect(config).toEqual(sidecarConfig(objects, pod));
+    // The environment as the kubelet builds it: downward-API values, then $(VAR) references
+    // expanded. IPv4 and IPv6 pod IPs (an IPv6-primary cluster gives the latter).
+    for (const [podIp, advertised] of [
+      ['10.244.1.17', '10.244.1.17:15006'],
+      ['fd00:10:244:1::17', '[fd00:10:244:1::17]:15006'],
+    ] as const) {
+      const env: Record<string, string> = { CTXMESH_NODE_ID: pod };
+      for (const e of proxy.env) {
+        if (e.valueFrom?.fieldRef?.fieldPath === 'status.podIP') env[e.name] = podIp;
+        if (typeof e.value === 'string') env[e.name] = e.value.replace(/\$\((\w+)\)/g, (_: string, name: string) => env[name] ?? '');
+      }
+      const config = SidecarConfigSchema.parse(applyEnvOverrides(sidecarYaml(objects), SidecarConfigSchema, env));
+      expect(config.node.id).toBe(pod);
+      // Other sidecars and the control plane reach it at the pod IP on the inbound port.
+      expect(config.inbound.advertise).toBe(podIp);
+      expect(advertisedAddress(config.inbound.advertise, config.inbound.port)).toBe(advertised);
+      // The file and the injector agree, so the overrides change nothing else but the node id.
+      expect({ ...config, inbound: { ...config.inbound, advertise: undefined } }).toEqual(sidecarConfig(objects, pod));
+      expect(config.outbound.address).toBe(template.outboundAddress);
+      expect(config.inbound.address).toBe(template.inboundAddress);
+    }
+  });
+
+  it('admits to the control plane only what the injector labels, plus the configured extras', async () => {
+    const { buildPatch } = await import('../../src/injection/patch.js');
+    const { applyJsonPatch } = await import('../../src/injection/json-patch.js');
+    const { InjectionTemplateSchema } = await import('../../src/injection/template.js');
+    const name = `${FULLNAME}-control-plane`;
+    const objects = render();
+    const policy = find(objects, 'NetworkPolicy', name);
+    const deployment = find(objects, 'Deployment', name);
+    const podLabels = deployment.spec.template.metadata.labels;
+    const matches = (selector: Record<string, string>, labels: Record<string, string>): boolean =>
+      Object.entries(selector).every(([k, v]) => labels[k] === v);
+
+    // It selects the control plane's pods and nothing else of the chart's (the injector stays open
+    // to the API server).
+    expect(matches(policy.spec.podSelector.matchLabels, podLabels)).toBe(true);
+    expect(matches(policy.spec.podSelector.matchLabels, find(objects, 'Deployment', `${FULLNAME}-injector`).spec.template.metadata.labels)).toBe(false);
+    expect(policy.spec.policyTypes).toEqual(['Ingress']);
+
+    // One rule: both of the control plane's container ports, from labelled pods in any namespace.
+    expect(policy.spec.ingress).toHaveLength(1);
+    const [rule] = policy.spec.ingress;
+    const containerPorts = deployment.spec.template.spec.containers[0].ports.map((p: any) => p.containerPort).sort();
+    expect(rule.ports.map((p: any) => p.port).sort()).toEqual(containerPorts);
+    expect(rule.ports.every((p: any) => p.protocol === 'TCP')).toBe(true);
+    expect(rule.from).toEqual([{ namespaceSelector: {}, podSelector: { matchLabels: { 'ctxmesh.io/sidecar': 'true' } } }]);
+
+    // A pod the chart's injector injects carries exactly that label; the same pod uninjected does not.
+    const template = InjectionTemplateSchema.parse(parseYaml(find(objects, 'ConfigMap', `${FULLNAME}-injector`).data['values.yaml']));
+    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'chat-0', labels: { app: 'chat' } }, spec: { containers: [{ name: 'chat', image: 'chat:1' }] } };
+    const result = buildPatch(pod, template, { namespaceLabels: { 'ctxmesh.io/inject': 'enabled' } });
+    expect(result.decision.inject).toBe(true);
+    const injected = applyJsonPatch(pod, result.patch) as K8sObject;
+    const admitted = rule.from[0].podSelector.matchLabels;
+    expect(matches(admitted, injected.metadata.labels!)).toBe(true);
+    expect(matches(admitted, pod.metadata.labels)).toBe(false);
+    // The control plane's own pods are never injected, so they never carry it.
+    expect(matches(admitted, podLabels)).toBe(false);
+
+    // Every knob: a namespace selector, extra sources, and node CIDRs admitted to the admin port only.
+    const tuned = render(NETWORK_POLICY_SET);
+    validateAll(tuned);
+    const tunedPolicy = find(tuned, 'NetworkPolicy', name);
+    expect(tunedPolicy.spec.ingress).toEqual([
+      {
+        from: [
+          { namespaceSelector: { matchLabels: { 'ctxmesh.io/inject': 'enabled' } }, podSelector: { matchLabels: { 'ctxmesh.io/sidecar': 'true' } } },
+          { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } },
+        ],
+        ports: [{ port: 15010, protocol: 'TCP' }, { port: 15014, protocol: 'TCP' }],
+      },
+      { from: [{ ipBlock: { cidr: '10.0.0.0/16' } }, { ipBlock: { cidr: 'fd00:10::/64' } }], ports: [{ port: 15014, protocol: 'TCP' }] },
+    ]);
+
+    // Moved ports are followed.
+    const moved = find(render({ controlPlane: { xdsPort: 16010, adminPort: 16014 } }), 'NetworkPolicy', name);
+    expect(moved.spec.ingress[0].ports.map((p: any) => p.port)).toEqual([16010, 16014]);
+
+    // Off when asked, and with the control plane; NOTES.txt says which.
+    const off = render({ controlPlane: { networkPolicy: { enabled: false } } });
+    validateAll(off);
+    expect(off.some((o) => o.kind === 'NetworkPolicy')).toBe(false);
+    expect(render({ controlPlane: { enabled: false } }).some((o) => o.kind === 'NetworkPolicy')).toBe(false);
+    const notes = (values: object): string => {
+      const r = helm(['install', RELEASE, CHART, '--namespace', NAMESPACE, '--dry-run', '-f', valuesFile(values)]);
+      expect(r.status, r.stderr).toBe(0);
+      return r.stdout.slice(r.stdout.indexOf('NOTES:'));
+    };
+    expect(notes({})).toMatch(/NetworkPolicy "mesh-ctxmesh-control-plane" admits to ports 15010 and 15014\s+only pods labelled ctxmesh.io\/sidecar=true/);
+    expect(notes({ controlPlane: { networkPolicy: { enabled: false } } })).toMatch(/WARNING: controlPlane.networkPolicy.enabled is false/);
+  });
+
+  it('takes IPv6 addresses in brackets wherever the values hold an address', () => {
+    const objects = render(IPV6_SET);
+    validateAll(objects);
+    const sidecar = sidecarConfig(objects);
+    expect(sidecar.clusters[0]!.endpoints.map((e) => e.address)).toEqual(['[fd00:10:244::5]:15006', '10.244.1.5:15006']);
+    expect(sidecar.context.l2.url).toBe('redis://[fd00:10:96::6379]:6379/0');
+    expect(parseRedisUrl(sidecar.context.l2.url!)).toMatchObject({ host: 'fd00:10:96::6379', port: 6379 });
+    const text = find(objects, 'ConfigMap', `${FULLNAME}-control-plane`).data['control-plane.yaml'];
+    const controlPlane = ControlPlaneConfigSchema.parse(parseYaml(text));
+    expect(controlPlane.services[0]!.endpoints.map((e) => e.address)).toEqual(['[fd00:10:244::5]:15006', '10.244.1.5:15006']);
   });
 
   it('writes the mesh ConfigMap into every namespace listed in mesh.namespaces', () => {
@@ -444,21 +593,152 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
     expect(find(withIssuer, 'Certificate', name).spec.issuerRef).toMatchObject({ name: 'mesh-ca', kind: 'ClusterIssuer' });
   });
 
-  it('deploys the control plane (xDS 15010, admin 15014) and points sidecars at it when enabled', () => {
-    const objects = render({ controlPlane: { enabled: true } });
+  it('deploys the control plane (xDS 15010, admin 15014) with a config its own schema accepts, and points sidecars at it', () => {
+    const objects = render(CONTROL_PLANE_SERVICES);
     validateAll(objects);
     const name = `${FULLNAME}-control-plane`;
     const deployment = find(objects, 'Deployment', name);
     expectHardened(deployment);
-    expect(deployment.spec.template.spec.containers[0].args).toEqual(['control-plane', '-c', '/etc/ctxmesh/control-plane/control-plane.yaml']);
-    expect(deployment.spec.template.spec.serviceAccountName).toBe(name);
+    const pod = deployment.spec.template.spec;
+    const container = pod.containers[0];
+    expect(container.args).toEqual(['control-plane', '-c', '/etc/ctxmesh/control-plane.yaml']);
+    // The file the args name is the ConfigMap's key, where its volume is mounted.
+    const mount = container.volumeMounts.find((m: any) => m.name === 'config');
+    const volume = pod.volumes.find((v: any) => v.name === 'config');
+    expect(volume.configMap.name).toBe(name);
+    expect(`${mount.mountPath}/control-plane.yaml`).toBe(container.args[2]);
+    // It reads no Kubernetes API: no role, no token.
+    expect(pod.serviceAccountName).toBe(name);
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(objects.some((o) => o.kind.startsWith('ClusterRole') && o.metadata.name === name)).toBe(false);
+    expect(deployment.spec.template.metadata.labels['ctxmesh.io/inject']).toBe('false');
+
+    // control-plane.yaml passes ctxmesh's own schema, with the services from the values.
+    const text = find(objects, 'ConfigMap', name).data['control-plane.yaml'];
+    const parsed = ControlPlaneConfigSchema.safeParse(parseYaml(text));
+    expect(parsed.success, JSON.stringify(parsed.error?.issues)).toBe(true);
+    const config = parsed.data!;
+    // "::" by default: the pod's IPv4 and IPv6 addresses (an IPv6-only cluster reaches it too).
+    expect(config).toMatchObject({ port: 15010, address: '::', admin: { port: 15014, address: '::' }, registration: { ttl: 30_000 }, health: { suspicionWindow: 3_000 }, log: { level: 'debug' } });
+    expect(config.services.map((x) => x.name)).toEqual(['chat', 'search']);
+    expect(config.services[0]).toMatchObject({ namespace: 'apps', lb: 'ring_hash', endpoints: [{ address: '10.0.0.5:15006', zone: 'eu-1a', priority: 0 }, { address: '10.0.1.5:15006', zone: 'eu-1b', priority: 1 }] });
+    expect(config.services[1]).toMatchObject({ namespace: 'default', timeout: 5_000 });
+
+    // And the real command accepts the file as rendered (its --validate loads it as at startup).
+    const cpFile = join(workDir, 'control-plane.yaml');
+    writeFileSync(cpFile, text);
+    const validate = existsSync(CLI) ? spawnSync(process.execPath, [CLI, 'control-plane', '-c', cpFile, '--validate'], { encoding: 'utf8' }) : undefined;
+    if (!validate || validate.stderr.includes("unknown command 'control-plane'")) console.warn('[chart tests] `ctxmesh control-plane` is not built (npm run build); --validate not run');
+    else expect(validate.status, validate.stdout + validate.stderr).toBe(0);
+
+    // Probes on the admin port, which therefore listens beyond loopback; the ports are the config's.
+    const ports = Object.fromEntries(container.ports.map((p: any) => [p.name, p.containerPort]));
+    expect(ports).toEqual({ 'grpc-xds': config.port, 'http-admin': config.admin.port });
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/ready', port: 'http-admin' });
+    expect(container.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'http-admin' });
+    // The config's checksum rolls the pods when the services change.
+    const otherServices = render({ controlPlane: { services: [{ name: 'other' }] } });
+    expect(find(otherServices, 'Deployment', name).spec.template.metadata.annotations['checksum/config']).not.toBe(
+      deployment.spec.template.metadata.annotations['checksum/config'],
+    );
+
+    // The Service exposes xDS and the admin port (sidecars' health reports) to the sidecars.
     const service = find(objects, 'Service', name);
-    expect(service.spec.ports.map((p: any) => p.port).sort()).toEqual([15010, 15014]);
+    expect(service.spec.ports.map((p: any) => [p.name, p.port])).toEqual([
+      ['grpc-xds', 15010],
+      ['http-admin', 15014],
+    ]);
     expectServiceFronts(service, deployment);
-    const cpConfig = parseYaml(find(objects, 'ConfigMap', name).data['control-plane.yaml']);
-    expect(cpConfig).toEqual({ port: 15010, admin: { port: 15014 }, services: [] });
-    expect(find(objects, 'ClusterRoleBinding', name).subjects[0]).toMatchObject({ name, namespace: NAMESPACE });
-    expect(sidecarConfig(objects).xds).toEqual({ server: `${name}.${NAMESPACE}.svc:15010` });
+
+    // Sidecars: xDS at the Service, health reports to its admin port.
+    const sidecar = sidecarConfig(objects);
+    expect(sidecar.xds).toMatchObject({ server: `${name}.${NAMESPACE}.svc:15010` });
+    expect(sidecar.health.reportTo).toBe(`${name}.${NAMESPACE}.svc:15014`);
+
+    // Other ports follow through to the config, the Service and the sidecars.
+    const moved = render({ controlPlane: { xdsPort: 16010, adminPort: 16014 } });
+    validateAll(moved);
+    expect(ControlPlaneConfigSchema.parse(parseYaml(find(moved, 'ConfigMap', name).data['control-plane.yaml']))).toMatchObject({ port: 16010, admin: { port: 16014 } });
+    expect(find(moved, 'Service', name).spec.ports.map((p: any) => p.port)).toEqual([16010, 16014]);
+    expect(sidecarConfig(moved).xds?.server).toBe(`${name}.${NAMESPACE}.svc:16010`);
+    expect(sidecarConfig(moved).health.reportTo).toBe(`${name}.${NAMESPACE}.svc:16014`);
+  });
+
+  // The rendered control plane run as its pod would run it: the rendered args and config, in a
+  // network namespace of its own (so its fixed ports 15010/15014 on [::] touch nothing else),
+  // probed as the kubelet probes it: over the pod's addresses, IPv4 and IPv6, not loopback.
+  const netnsReason =
+    process.getuid?.() !== 0 ? 'not root' : spawnSync('ip', ['netns', 'list']).status !== 0 ? '`ip netns` unavailable' : !existsSync(CLI) ? `${CLI} not built` : undefined;
+  it.skipIf(netnsReason !== undefined)('runs the rendered control plane: ready on the admin port at the pod address, xDS listening, SIGTERM exits 0', async () => {
+    const objects = render(CONTROL_PLANE_SERVICES);
+    const name = `${FULLNAME}-control-plane`;
+    const container = find(objects, 'Deployment', name).spec.template.spec.containers[0];
+    const configFile = join(workDir, 'pod-control-plane.yaml');
+    writeFileSync(configFile, find(objects, 'ConfigMap', name).data['control-plane.yaml']);
+    const args = container.args.map((a: string) => (a === '/etc/ctxmesh/control-plane.yaml' ? configFile : a));
+    const ns = `ctxm-cp-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
+    const podIp = '192.0.2.10';
+    const sh = (...cmd: string[]): void => {
+      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`${cmd.join(' ')}: ${r.stderr}`);
+    };
+    const podIp6 = 'fd00:192:0:2::10';
+    const probe = (port: number, path: string, host = podIp): number => {
+      const script = `fetch('http://${host}:${port}${path}',{signal:AbortSignal.timeout(2000)}).then(r=>console.log(r.status),()=>console.log(0))`;
+      return Number(spawnSync('ip', ['netns', 'exec', ns, process.execPath, '-e', script], { encoding: 'utf8' }).stdout.trim());
+    };
+    sh('ip', 'netns', 'add', ns);
+    let child: ReturnType<typeof spawn> | undefined;
+    try {
+      sh('ip', '-n', ns, 'link', 'set', 'lo', 'up');
+      // The pod's interface (a veth whose peer stays in the namespace: no dummy module needed).
+      sh('ip', '-n', ns, 'link', 'add', 'pod0', 'type', 'veth', 'peer', 'name', 'pod1');
+      sh('ip', '-n', ns, 'addr', 'add', `${podIp}/32`, 'dev', 'pod0');
+      // The pod's IPv6 address too, where the namespace has IPv6 (nodad: usable at once).
+      const v6 = spawnSync('ip', ['-n', ns, 'addr', 'add', `${podIp6}/128`, 'dev', 'pod0', 'nodad'], { encoding: 'utf8' });
+      if (v6.status !== 0) console.warn(`[chart tests] no IPv6 in the namespace (${v6.stderr.trim()}): probing IPv4 only`);
+      sh('ip', '-n', ns, 'link', 'set', 'pod0', 'up');
+      sh('ip', '-n', ns, 'link', 'set', 'pod1', 'up');
+      child = spawn('ip', ['netns', 'exec', ns, process.execPath, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      child.stdout!.on('data', (c: Buffer) => (output += c));
+      child.stderr!.on('data', (c: Buffer) => (output += c));
+      const exited = new Promise<number | null>((resolve) => child!.once('exit', (code) => resolve(code)));
+      const readiness = container.readinessProbe.httpGet;
+      const liveness = container.livenessProbe.httpGet;
+      const adminPort = Object.fromEntries(container.ports.map((p: any) => [p.name, p.containerPort]))[readiness.port] as number;
+      const deadline = Date.now() + 15_000;
+      while (probe(adminPort, readiness.path) !== 200) {
+        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`control plane not ready at ${podIp}:${adminPort}${readiness.path}:\n${output}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(probe(adminPort, liveness.path)).toBe(200);
+      // Bound to "::", it answers on the pod's IPv6 address as well.
+      if (v6.status === 0) expect(probe(adminPort, readiness.path, `[${podIp6}]`)).toBe(200);
+      // The static services from the values are in its registry.
+      const registry = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '-e', `fetch('http://${podIp}:${adminPort}/v1/registry').then(r=>r.text()).then(t=>console.log(t))`], { encoding: 'utf8' });
+      expect(registry.stdout).toMatch(/"chat"/);
+      expect(registry.stdout).toMatch(/"search"/);
+      // xDS is on the pod address too (a TCP connect; the ADS protocol is the xDS tests' business).
+      const xdsPort = container.ports.find((p: any) => p.name === 'grpc-xds').containerPort;
+      const connect = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '-e', `require('node:net').connect(${xdsPort},'${podIp}').on('connect',()=>{console.log('ok');process.exit(0)}).on('error',e=>{console.log(e.code);process.exit(0)})`], { encoding: 'utf8' });
+      expect(connect.stdout.trim()).toBe('ok');
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
+  }, 30_000);
+  if (netnsReason) console.warn(`[chart tests] not running the rendered control plane: ${netnsReason}`);
+
+  it('leaves the control plane out when controlPlane.enabled is false: sidecars use static clusters', () => {
+    const objects = render({ controlPlane: { enabled: false } });
+    validateAll(objects);
+    expect(objects.filter((o) => o.metadata.name.includes('control-plane'))).toEqual([]);
+    const config = sidecarConfig(objects);
+    expect(config.xds).toBeUndefined();
+    expect(config.health.reportTo).toBeUndefined();
   });
 
   it.each([
@@ -468,6 +748,14 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
     [{ redis: { mode: 'sentinel' } }, /\/redis\/sentinel\/hosts.*minItems/],
     [{ redis: { mode: 'cluster', cluster: { nodes: ['no-port'] } } }, /\/redis\/cluster\/nodes\/0/],
     [{ mesh: { inbound: { appPort: 70000 } } }, /\/mesh\/inbound\/appPort/],
+    [{ controlPlane: { services: [{ name: 'chat', endpoints: [{ address: 'no-port' }] }] } }, /\/controlPlane\/services\/0\/endpoints\/0\/address/],
+    [{ controlPlane: { registrationTtl: 'soon' } }, /\/controlPlane\/registrationTtl/],
+    // An unbracketed IPv6 address, and a host name where only an IP will do (EDS).
+    [{ mesh: { clusters: [{ name: 'chat', endpoints: [{ address: 'fd00::5:15006' }] }] } }, /\/mesh\/clusters\/0\/endpoints\/0\/address/],
+    [{ controlPlane: { services: [{ name: 'chat', endpoints: [{ address: 'chat-0.chat:15006' }] }] } }, /\/controlPlane\/services\/0\/endpoints\/0\/address/],
+    [{ controlPlane: { networkPolicy: { kubeletCidrs: ['10.0.0.0'] } } }, /\/controlPlane\/networkPolicy\/kubeletCidrs\/0/],
+    [{ controlPlane: { networkPolicy: { enable: true } } }, /\/controlPlane\/networkPolicy.*additional properties 'enable' not allowed/],
+    [{ controlPlane: { rbac: { create: true } } }, /\/controlPlane.*additional properties 'rbac' not allowed/],
   ])('rejects bad values %j with a message naming the field', (values, message) => {
     const file = valuesFile(values);
     const template = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '-f', file]);

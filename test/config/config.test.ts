@@ -87,7 +87,7 @@ describe('the documented sidecar config', () => {
     expect(chat.circuitBreaker).toMatchObject({ maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 1024, maxRetries: 3 });
     expect(chat.outlierDetection).toMatchObject({ consecutive5xx: 5, interval: 1_000, baseEjectionTime: 30_000, maxEjectionPercent: 50 });
     expect(chat.retry).toMatchObject({ attempts: 2, perTryTimeout: 1_000, budgetPercent: 20 });
-    expect(config.xds).toEqual({ server: '127.0.0.1:15010' });
+    expect(config.xds).toEqual({ server: '127.0.0.1:15010', initialFetchTimeout: 5_000, reconnect: { base: 200, max: 10_000 } });
     expect(config.context).toMatchObject({
       port: 15020,
       l1: { maxBytes: 256 * 1024 * 1024 },

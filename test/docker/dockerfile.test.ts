@@ -1,9 +1,10 @@
 // No Docker engine runs here, so the image is checked from its recipe: the Dockerfile's stages,
 // what reaches the runtime image, the user it runs as, and that the entrypoint it names is what
 // `npm run build` produces. `.dockerignore` must keep secrets and bulk out of the build context.
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { posix } from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { builtinModules } from 'node:module';
+import { join, posix } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 type Instruction = { op: string; args: string; line: number };
@@ -124,6 +125,36 @@ describe('Dockerfile', () => {
     expect(copied).toEqual(expect.arrayContaining(['package.json', 'package-lock.json', 'tsconfig.json', 'src']));
   });
 
+  it('copies every directory tsconfig.json compiles (src and xds) into the build stage before the build', () => {
+    const tsconfig = JSON.parse(readFileSync('tsconfig.json', 'utf8')) as { include: string[] };
+    const roots = [...new Set(tsconfig.include.map((glob) => glob.split('/')[0]!))];
+    expect(roots).toEqual(expect.arrayContaining(['src', 'xds']));
+    const compile = build!.instructions.find((i) => i.op === 'RUN' && /npm run build/.test(i.args))!;
+    const copiedBefore = build!.instructions
+      .slice(0, build!.instructions.indexOf(compile))
+      .filter((i) => i.op === 'COPY' && !parseCopy(i.args).flags.from)
+      .flatMap((i) => parseCopy(i.args).sources.map((s) => s.replace(/\/$/, '')));
+    for (const root of roots) expect(copiedBefore, `${root}/ is copied before \`npm run build\``).toContain(root);
+  });
+
+  it('installs iptables in the runtime image and checks that both iptables and ip6tables tools are there', () => {
+    const runs = of(runtime, 'RUN').map((i) => i.args);
+    const install = runs.find((r) => /apt-get install\b.*\biptables\b/.test(r));
+    expect(install, runs.join('\n')).toBeDefined();
+    // `ctxmesh iptables` runs iptables-save/-restore and, for IPv6, ip6tables-save/-restore.
+    for (const tool of ['iptables-save', 'iptables-restore', 'ip6tables-save', 'ip6tables-restore']) {
+      expect(install, `the build checks ${tool}`).toMatch(new RegExp(`(^|&&\\s*)${tool} --version`));
+    }
+    // No package lists left behind.
+    expect(install).toMatch(/rm -rf \/var\/lib\/apt\/lists/);
+  });
+
+  it.skipIf(spawnSync('dpkg', ['-L', 'iptables']).status !== 0)("Debian's iptables package ships the ip6tables tools (checked on this Debian host)", () => {
+    const files = execFileSync('dpkg', ['-L', 'iptables'], { encoding: 'utf8' });
+    expect(files).toMatch(/\/ip6tables-nft-restore$/m);
+    expect(files).toMatch(/\/ip6tables-nft-save$/m);
+  });
+
   it('runs on a slim Node 20 image', () => {
     expect(runtime.image).toMatch(/^node:20(\.\d+)*-[\w.-]*slim$/);
     expect(build!.image).toMatch(/^node:20\b/);
@@ -156,7 +187,8 @@ describe('Dockerfile', () => {
 
   it('exposes the sidecar ports and starts dist/src/cli/main.js from the copied dist', () => {
     const exposed = of(runtime, 'EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => p.replace(/\/tcp$/, ''));
-    expect(exposed).toEqual(expect.arrayContaining(['15000', '15001', '15006', '15020']));
+    // Sidecar, control plane (xDS, admin) and injector: one image runs all three.
+    expect(exposed).toEqual(expect.arrayContaining(['15000', '15001', '15006', '15020', '15010', '15014', '15017']));
 
     const entry = of(runtime, 'ENTRYPOINT').at(-1);
     expect(entry, 'ENTRYPOINT').toBeDefined();
@@ -186,6 +218,42 @@ describe('npm run build produces the entrypoint', () => {
     expect(existsSync(ENTRY)).toBe(true);
     const help = execFileSync(process.execPath, [ENTRY, '--help'], { encoding: 'utf8' });
     expect(help).toMatch(/sidecar/);
+  });
+
+  it('compiles xds/ into dist/xds, beside dist/src, where the runtime copy of dist picks it up', () => {
+    for (const file of ['xds/control-plane.ts', 'xds/protos.ts']) {
+      if (!existsSync(file)) continue;
+      const built = `dist/${file.replace(/\.ts$/, '.js')}`;
+      expect(existsSync(built), `${built} (from ${file})`).toBe(true);
+    }
+    expect(readdirSync('dist').sort()).toEqual(expect.arrayContaining(['src', 'xds']));
+  });
+
+  it('needs at run time only packages that survive `npm prune --omit=dev`', () => {
+    // Every package a compiled module imports (not `import type`) must be a production dependency,
+    // or the pruned node_modules the runtime image copies would not have it.
+    const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { dependencies: Record<string, string> };
+    const builtins = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
+    const needed = new Map<string, string>();
+    const walk = (dir: string): void => {
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        const file = join(dir, entry.name);
+        if (entry.isDirectory()) walk(file);
+        else if (entry.name.endsWith('.js')) {
+          const text = readFileSync(file, 'utf8');
+          for (const m of text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|^import\s+)['"]([^'"\s]+)['"]/gm)) {
+            const spec = m[1]!;
+            if (spec.startsWith('.') || spec.startsWith('/') || builtins.has(spec) || spec.startsWith('node:')) continue;
+            const name = spec.startsWith('@') ? spec.split('/').slice(0, 2).join('/') : spec.split('/')[0]!;
+            needed.set(name, file);
+          }
+        }
+      }
+    };
+    for (const root of ['dist/src', 'dist/xds']) if (existsSync(root)) walk(root);
+    expect(needed.size).toBeGreaterThan(0);
+    expect(needed.has('@grpc/grpc-js'), 'the control plane (dist/xds) is scanned').toBe(existsSync('dist/xds'));
+    for (const [name, file] of needed) expect(pkg.dependencies, `${name} (imported by ${file})`).toHaveProperty([name]);
   });
 });
 

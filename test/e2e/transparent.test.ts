@@ -8,8 +8,14 @@
 // Nothing listens on B's port 80: a reply to a call to 10.231.N.2:80 can only come through A's
 // sidecar. And A's sidecar reaches B only because its own uid is excluded; otherwise its upstream
 // connection would be redirected back to its own outbound port.
+//
+// Where the kernel allows, the veth pair also carries ULA IPv6 addresses (fd00:ca:N::1 and ::2)
+// and the same checks run over IPv6, through the ip6tables rules `ctxmesh iptables` installs
+// beside the IPv4 ones. A's sidecar then listens on [::] (dual-stack: ip6tables REDIRECTs
+// locally sent IPv6 to ::1) and B's inbound likewise. A resolves `chat-b6` to B's IPv6 address
+// through /etc/netns/<A>/hosts, which `ip netns exec` mounts over /etc/hosts.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,6 +40,12 @@ const VETH_B = `cxb${suffix}`.slice(0, 15);
 const subnet = 1 + Math.floor(Math.random() * 254);
 const IP_A = `10.231.${subnet}.1`;
 const IP_B = `10.231.${subnet}.2`;
+const IP6_A = `fd00:ca:${subnet.toString(16)}::1`;
+const IP6_B = `fd00:ca:${subnet.toString(16)}::2`;
+/** B's IPv6 address as A's sidecar knows it (the sidecar config takes host:port, not [v6]:port). */
+const HOST6_B = 'chat-b6';
+const NETNS_ETC = '/etc/netns';
+const NETNS_ETC_A = `${NETNS_ETC}/${NS_A}`;
 
 /** Why the suite cannot run here, or undefined when it can. Creates namespace A as the probe. */
 function unavailable(): string | undefined {
@@ -46,6 +58,26 @@ function unavailable(): string | undefined {
 }
 const skipReason = unavailable();
 if (skipReason) console.warn(`SKIP transparent interception e2e: ${skipReason}`);
+
+/** Why the IPv6 checks cannot run here, or undefined when they can. Probes inside namespace A. */
+function ipv6Unavailable(): string | undefined {
+  if (skipReason) return skipReason;
+  if (spawnSync('ip6tables-save', ['--version']).status !== 0) return 'ip6tables is not installed';
+  const inA = (...args: string[]) => spawnSync('ip', ['netns', 'exec', NS_A, ...args], { encoding: 'utf8' });
+  if (inA('cat', '/proc/net/if_inet6').status !== 0) return 'the kernel has no IPv6';
+  if (inA('cat', '/proc/sys/net/ipv6/conf/all/disable_ipv6').stdout.trim() !== '0') return 'IPv6 is disabled in new network namespaces';
+  const nat = inA('ip6tables-save', '-t', 'nat');
+  if (nat.status !== 0) return `ip6tables has no nat table here: ${nat.stderr.trim()}`;
+  const probe = spawnSync('ip', ['-n', NS_A, 'addr', 'add', `${IP6_A}/128`, 'dev', 'lo', 'nodad'], { encoding: 'utf8' });
+  if (probe.status !== 0) return `cannot add an IPv6 address in a namespace: ${probe.stderr.trim()}`;
+  spawnSync('ip', ['-n', NS_A, 'addr', 'del', `${IP6_A}/128`, 'dev', 'lo']);
+  return undefined;
+}
+const ipv6SkipReason = ipv6Unavailable();
+const ipv6 = ipv6SkipReason === undefined;
+if (!skipReason && !ipv6) console.warn(`SKIP the IPv6 checks of the transparent interception e2e: ${ipv6SkipReason}`);
+/** Whether this run created /etc/netns (removed again when empty). */
+let createdNetnsEtc = false;
 
 const children: ChildProcess[] = [];
 const dirs: string[] = [];
@@ -91,11 +123,11 @@ http.createServer((req, res) => {
 }).listen(${APP_PORT}, '127.0.0.1', () => console.log('app listening'));
 `;
 
-// The app client in A (root, so not excluded): a plain HTTP call to B's IP on port 80 with the
-// Host of the mesh service. Prints { status, body } or { error: code }.
+// The app client in A (root, so not excluded): a plain HTTP call to B's IP (IPv4 or IPv6) on port
+// 80 with the Host of the mesh service. Prints { status, body } or { error: code }.
 const CLIENT_SCRIPT = `
 const http = require('node:http');
-const req = http.request({ host: '${IP_B}', port: ${INTERCEPTED_PORT}, path: '/hello', headers: { host: 'chat.default.svc' }, timeout: ${CLIENT_TIMEOUT_MS} }, (res) => {
+const req = http.request({ host: process.argv[1], port: ${INTERCEPTED_PORT}, path: '/hello', headers: { host: process.argv[2] }, timeout: ${CLIENT_TIMEOUT_MS} }, (res) => {
   let body = '';
   res.on('data', (c) => (body += c));
   res.on('end', () => console.log(JSON.stringify({ status: res.statusCode, body })));
@@ -111,8 +143,8 @@ interface ClientResult {
   error?: string;
 }
 
-function callFromA(host = 'chat.default.svc'): ClientResult {
-  const out = sh('ip', 'netns', 'exec', NS_A, process.execPath, '-e', CLIENT_SCRIPT.replace('chat.default.svc', host));
+function callFromA(host = 'chat.default.svc', address = IP_B): ClientResult {
+  const out = sh('ip', 'netns', 'exec', NS_A, process.execPath, '-e', CLIENT_SCRIPT, address, host);
   return JSON.parse(out.trim()) as ClientResult;
 }
 
@@ -137,12 +169,13 @@ function copyIdentity(identity: IdentityFiles, dir: string, uid: number): Identi
 }
 
 function sidecarYaml(id: string, identity: IdentityFiles, dataDir: string, clusters: object[]): string {
-  // JSON is YAML; the loader validates it as it would a hand-written file.
+  // JSON is YAML; the loader validates it as it would a hand-written file. With IPv6, both
+  // listeners bind [::], which takes IPv4 too.
   return JSON.stringify({
     node: { id },
     identity,
-    inbound: { port: INBOUND_PORT, address: '0.0.0.0', app: `http://127.0.0.1:${APP_PORT}`, allow: ['spiffe://ctxmesh.local/ns/default/sa/*'] },
-    outbound: { port: 15_001 },
+    inbound: { port: INBOUND_PORT, address: ipv6 ? '::' : '0.0.0.0', app: `http://127.0.0.1:${APP_PORT}`, allow: ['spiffe://ctxmesh.local/ns/default/sa/*'] },
+    outbound: { port: 15_001, ...(ipv6 ? { address: '::' } : {}) },
     admin: { port: 15_000 },
     context: { checkpoint: { dir: dataDir } },
     log: { level: 'info', accessLog: true },
@@ -166,6 +199,17 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
       sh('ip', '-n', ns, 'link', 'set', veth, 'up');
       sh('ip', '-n', ns, 'link', 'set', 'lo', 'up');
     }
+    if (ipv6) {
+      // nodad: the addresses are usable at once, without duplicate address detection's delay.
+      sh('ip', '-n', NS_A, 'addr', 'add', `${IP6_A}/64`, 'dev', VETH_A, 'nodad');
+      sh('ip', '-n', NS_B, 'addr', 'add', `${IP6_B}/64`, 'dev', VETH_B, 'nodad');
+      if (!existsSync(NETNS_ETC)) {
+        mkdirSync(NETNS_ETC);
+        createdNetnsEtc = true;
+      }
+      mkdirSync(NETNS_ETC_A);
+      writeFileSync(join(NETNS_ETC_A, 'hosts'), `127.0.0.1 localhost\n::1 localhost\n${IP6_B} ${HOST6_B}\n`);
+    }
 
     const pki = await createPki();
     dirs.push(pki.dir);
@@ -185,6 +229,10 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
         // As Istio addresses pods: the app's own port, which B's inbound rules must redirect to
         // B's sidecar (the app itself listens on 127.0.0.1 only, unreachable from A).
         { name: 'chat-app-port', domains: ['chat-app-port'], tls: 'mesh', endpoints: [{ address: `${IP_B}:${APP_PORT}` }], retry: { attempts: 0 } },
+        // The same over IPv6: B's app port at B's IPv6 address, redirected by B's ip6tables rules.
+        ...(ipv6
+          ? [{ name: 'chat6-app-port', domains: ['chat6-app-port'], tls: 'mesh', endpoints: [{ address: `${HOST6_B}:${APP_PORT}` }], retry: { attempts: 0 } }]
+          : []),
       ]),
     );
     chownSync(configA, PROXY_UID, PROXY_UID);
@@ -204,16 +252,20 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     // Deleting the namespaces deletes the veth pair and A's rules with them.
     for (const ns of [NS_A, NS_B]) spawnSync('ip', ['netns', 'del', ns]);
     for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+    rmSync(NETNS_ETC_A, { recursive: true, force: true });
+    if (createdNetnsEtc && readdirSync(NETNS_ETC).length === 0) rmSync(NETNS_ETC, { recursive: true, force: true });
   });
 
   it('without interception, nothing answers on the peer IP port 80', () => {
     // The control: the success below is the rules' doing, not something listening on B:80.
     expect(callFromA()).toEqual({ error: 'ECONNREFUSED' });
+    if (ipv6) expect(callFromA('chat.default.svc', IP6_B)).toEqual({ error: 'ECONNREFUSED' });
   });
 
   it("redirects the app's call through A's sidecar, over mTLS, to B's app", async () => {
     const applied = iptablesInA('--proxy-uid', String(PROXY_UID));
     expect(applied.code, applied.out).toBe(0);
+    expect(applied.out).toMatch(ipv6 ? /installed IPv6 interception rules/ : /IPv6 skipped|installed IPv6/);
 
     const reply = callFromA();
     expect(reply.status, JSON.stringify(reply)).toBe(200);
@@ -238,14 +290,39 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     );
   });
 
+  it.skipIf(!ipv6)("redirects the app's IPv6 call through A's sidecar (ip6tables), over mTLS, to B's app", () => {
+    // A's rules from the previous test, installed by the same command for both families.
+    expect(sh('ip', 'netns', 'exec', NS_A, 'ip6tables-save', '-t', 'nat')).toMatch(/^-A OUTPUT -p tcp -j CTXMESH_OUTPUT$/m);
+    const reply = callFromA('chat.default.svc', IP6_B);
+    expect(reply.status, JSON.stringify(reply)).toBe(200);
+    const echoed = JSON.parse(reply.body!) as { app: string; url: string; headers: Record<string, string> };
+    expect(echoed.app).toBe('chat-b');
+    expect(echoed.url).toBe('/hello');
+    expect(echoed.headers['x-ctxmesh-peer-identity']).toBe(`spiffe://ctxmesh.local/ns/default/sa/${CLIENT_NAME}`);
+  });
+
   it("redirects what arrives at B's app port to B's inbound listener once B has the rules too", () => {
     // Before: A's sidecar dials B:8080, where nothing listens on B's veth address.
     const before = callFromA('chat-app-port');
     expect(before.status, JSON.stringify(before)).toBe(503);
     expect(before.body).toMatch(/connect_failure/);
 
+    const before6 = ipv6 ? callFromA('chat6-app-port') : undefined;
+    if (before6) {
+      expect(before6.status, JSON.stringify(before6)).toBe(503);
+      expect(before6.body).toMatch(/connect_failure/);
+    }
+
     const applied = iptablesIn(NS_B);
     expect(applied.code, applied.out).toBe(0);
+    if (ipv6) {
+      // Over IPv6: A's sidecar dials [B]:8080, which B's ip6tables rules send to B's inbound.
+      const after6 = callFromA('chat6-app-port');
+      expect(after6.status, JSON.stringify(after6)).toBe(200);
+      const echoed6 = JSON.parse(after6.body!) as { app: string; headers: Record<string, string> };
+      expect(echoed6.app).toBe('chat-b');
+      expect(echoed6.headers['x-ctxmesh-peer-identity']).toBe(`spiffe://ctxmesh.local/ns/default/sa/${CLIENT_NAME}`);
+    }
     const after = callFromA('chat-app-port');
     expect(after.status, JSON.stringify(after)).toBe(200);
     const echoed = JSON.parse(after.body!) as { app: string; headers: Record<string, string> };
@@ -258,6 +335,7 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     const cleaned = iptablesIn(NS_B, '--cleanup');
     expect(cleaned.code, cleaned.out).toBe(0);
     expect(sh('ip', 'netns', 'exec', NS_B, 'iptables-save', '-t', 'nat')).not.toMatch(/CTXMESH/);
+    if (ipv6) expect(sh('ip', 'netns', 'exec', NS_B, 'ip6tables-save', '-t', 'nat')).not.toMatch(/CTXMESH/);
   });
 
   it('after --cleanup the call is no longer intercepted (refused: nothing listens on port 80)', () => {
@@ -265,6 +343,10 @@ describe.skipIf(skipReason !== undefined)('transparent interception (iptables, n
     expect(cleaned.code, cleaned.out).toBe(0);
     expect(sh('ip', 'netns', 'exec', NS_A, 'iptables-save', '-t', 'nat')).not.toMatch(/CTXMESH/);
     expect(callFromA()).toEqual({ error: 'ECONNREFUSED' });
+    if (ipv6) {
+      expect(sh('ip', 'netns', 'exec', NS_A, 'ip6tables-save', '-t', 'nat')).not.toMatch(/CTXMESH/);
+      expect(callFromA('chat.default.svc', IP6_B)).toEqual({ error: 'ECONNREFUSED' });
+    }
   });
 });
 

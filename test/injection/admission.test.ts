@@ -45,7 +45,10 @@ describe('admission: a Deployment pod without initContainers', () => {
       '/spec/volumes/-',
       '/spec/volumes/-',
       '/metadata/annotations',
+      '/metadata/labels/ctxmesh.io~1sidecar',
     ]);
+    // The label the chart's NetworkPolicy admits to the control plane; the pod's own labels stay.
+    expect(out.metadata.labels).toEqual({ app: 'chat', 'pod-template-hash': '7d9f8c6b5', 'ctxmesh.io/inject': 'enabled', 'ctxmesh.io/sidecar': 'true' });
     expect(names(out.spec.initContainers)).toEqual(['ctxmesh-init', 'ctxmesh-proxy']);
     expect(names(out.spec.containers)).toEqual(['chat']);
     expect(names(out.spec.volumes)).toEqual(['kube-api-access-x7k2p', 'ctxmesh-config', 'ctxmesh-identity', 'ctxmesh-data']);
@@ -65,6 +68,20 @@ describe('admission: a Deployment pod without initContainers', () => {
       { name: 'ctx-context', containerPort: 15020, protocol: 'TCP' },
     ]);
     expect(proxy!.env[0]).toEqual({ name: 'CTXMESH_NODE_ID', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } });
+    // IPv6 connections are redirected to [::1]:15001, so the outbound listener binds [::] (dual-stack).
+    // Quoted, as the loader reads variables as YAML; the sidecar's config then says "::".
+    expect(proxy!.env).toContainEqual({ name: 'CTXMESH_OUTBOUND_ADDRESS', value: '"::"' });
+    expect(proxy!.env).toContainEqual({ name: 'CTXMESH_INBOUND_ADDRESS', value: '"::"' });
+    const { applyEnvOverrides } = await import('../../src/config/load.js');
+    const { SidecarConfigSchema } = await import('../../src/config/schema.js');
+    expect(applyEnvOverrides({}, SidecarConfigSchema, { CTXMESH_OUTBOUND_ADDRESS: '"::"' })).toEqual({ outbound: { address: '::' } });
+    // The address other sidecars and the control plane see: the pod IP, expanded by the kubelet
+    // from POD_IP, which must come first. Bare: the sidecar adds its inbound port (bracketed for
+    // IPv6), since `$(POD_IP):15006` is no address in an IPv6 cluster.
+    const envNames = (proxy!.env as Obj[]).map((e) => e.name);
+    expect(proxy!.env).toContainEqual({ name: 'POD_IP', valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'status.podIP' } } });
+    expect(proxy!.env).toContainEqual({ name: 'CTXMESH_INBOUND_ADVERTISE', value: '$(POD_IP)' });
+    expect(envNames.indexOf('POD_IP')).toBeLessThan(envNames.indexOf('CTXMESH_INBOUND_ADVERTISE'));
     expect(proxy!.resources).toEqual({ requests: { cpu: '50m', memory: '64Mi' }, limits: { cpu: '1', memory: '512Mi' } });
     // The admin binds 127.0.0.1, so the probes run inside the container and hit /ready on 15000.
     for (const probe of [proxy!.readinessProbe, proxy!.startupProbe]) {
@@ -113,7 +130,7 @@ describe('admission: a pod with initContainers and annotations', () => {
       volumes: null,
     });
     const { patch, pod: out } = await inject(pod);
-    expect(patch.map((op) => op.path)).toEqual(['/spec/initContainers/-', '/spec/containers/-', '/spec/volumes', '/metadata/annotations/ctxmesh.io~1status']);
+    expect(patch.map((op) => op.path)).toEqual(['/spec/initContainers/-', '/spec/containers/-', '/spec/volumes', '/metadata/annotations/ctxmesh.io~1status', '/metadata/labels/ctxmesh.io~1sidecar']);
     expect(names(out.spec.initContainers)).toEqual(['fetch-model', 'ctxmesh-init']);
     expect(names(out.spec.containers)).toEqual(['chat', 'ctxmesh-proxy']);
     expect(out.spec.containers[1].restartPolicy).toBeUndefined();
@@ -163,6 +180,33 @@ describe('admission: selection', () => {
     expect(proxy.ports).toEqual([{ name: 'ctx-context', containerPort: 15120, protocol: 'TCP' }]);
     expect(proxy.readinessProbe.exec.command.join(' ')).toContain('127.0.0.1:15100/ready');
     expect(JSON.parse(out.metadata.annotations['ctxmesh.io/status']).mode).toBe('state-only');
+    // A state-only sidecar still talks to the control plane, so it carries the label too.
+    expect(out.metadata.labels['ctxmesh.io/sidecar']).toBe('true');
+  });
+
+  it('stamps ctxmesh.io/sidecar on pods without labels or metadata, and overrides a pod\'s own value', async () => {
+    const unlabelled = podOf({ annotations: { 'ctxmesh.io/inject': 'true' } });
+    delete (unlabelled.metadata as Obj).labels;
+    const { patch, pod: out } = await inject(unlabelled);
+    expect(patch).toContainEqual({ op: 'add', path: '/metadata/labels', value: { 'ctxmesh.io/sidecar': 'true' } });
+    expect(out.metadata.labels).toEqual({ 'ctxmesh.io/sidecar': 'true' });
+
+    const spoofed = await inject(podOf({ labels: { 'ctxmesh.io/inject': 'enabled', 'ctxmesh.io/sidecar': 'false' } }));
+    expect(spoofed.pod.metadata.labels['ctxmesh.io/sidecar']).toBe('true');
+
+    const { buildPatch } = await import('../../src/injection/patch.js');
+    const bare = { spec: { containers: [{ name: 'app', image: 'app:1' }] } };
+    const result = buildPatch(bare, template, { namespaceLabels: { 'ctxmesh.io/inject': 'enabled' } });
+    const patched = applyJsonPatch(bare, result.patch) as Obj;
+    expect(patched.metadata.labels).toEqual({ 'ctxmesh.io/sidecar': 'true' });
+    expect(patched.metadata.annotations['ctxmesh.io/status']).toBeTypeOf('string');
+  });
+
+  it('an opted-out or already-injected pod gets no label either', async () => {
+    const optedOut = await inject(podOf({ labels: { 'ctxmesh.io/inject': 'false' } }), { namespaceLabels: { 'ctxmesh.io/inject': 'enabled' } });
+    expect(optedOut.pod.metadata.labels['ctxmesh.io/sidecar']).toBeUndefined();
+    const first = await inject(podOf({ labels: { 'ctxmesh.io/inject': 'enabled' } }));
+    expect((await inject(first.pod)).patch).toEqual([]);
   });
 });
 

@@ -208,6 +208,24 @@ describe('RedisL2 on a single redis-server', () => {
     expect(error.code).toBe('bad_request');
   });
 
+  it('lists every tenant for the prefix "", in key byte order, page by page', async () => {
+    const redis = await startRedis(closers);
+    const l2 = await openL2(closers, redis.url);
+    // "a-b/…" sorts before "a/…" ('-' < '/'), although the tenant "a" sorts before "a-b".
+    await l2.writeBatch([record('a/x', '1'), record('a-b/y', '2'), record('a-b/z', '3'), record('b/w', '4'), record('a/v', '5')]);
+    const all = ['a-b/y', 'a-b/z', 'a/v', 'a/x', 'b/w'];
+    expect(await l2.list('', undefined, 10)).toEqual({ keys: all });
+    const seen: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await l2.list('', after, 2);
+      seen.push(...page.keys);
+      if (page.next === undefined) break;
+      after = page.next;
+    }
+    expect(seen).toEqual(all);
+  });
+
   it('applies a batch in order per key', async () => {
     const redis = await startRedis(closers);
     const l2 = await openL2(closers, redis.url);
@@ -443,6 +461,10 @@ describe('RedisL2 on a three-master Cluster', () => {
       expect(first).toEqual({ keys: [`${t}/c`], next: `${t}/c` });
       expect(await l2.list(`${t}/`, first.next, 1)).toEqual({ keys: [`${t}/e`] });
     }
+    // The prefix "" reaches the tenants on every master.
+    const everything = await l2.list('', undefined, 1_000);
+    for (const t of tenants.slice(0, 4)) expect(everything.keys).toEqual(expect.arrayContaining([`${t}/c`, `${t}/e`]));
+    expect(everything.keys).toEqual([...everything.keys].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y))));
   });
 
   it('hears invalidations published on every master through one subscriber, and relinks after a kill', async () => {

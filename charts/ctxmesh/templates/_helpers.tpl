@@ -95,6 +95,30 @@ capabilities:
 {{- printf "%s.%s.svc:%d" (include "ctxmesh.controlPlaneName" .) .Release.Namespace (int .Values.controlPlane.xdsPort) }}
 {{- end }}
 
+{{/* The control plane's admin/API address: sidecars' health.reportTo. */}}
+{{- define "ctxmesh.controlPlaneAdminAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "ctxmesh.controlPlaneName" .) .Release.Namespace (int .Values.controlPlane.adminPort) }}
+{{- end }}
+
+{{/* control-plane.yaml (ControlPlaneConfigSchema in src/config/schema.ts). */}}
+{{- define "ctxmesh.controlPlaneConfig" -}}
+{{- $cp := .Values.controlPlane -}}
+port: {{ $cp.xdsPort }}
+address: {{ $cp.listenAddress | quote }}
+admin:
+  port: {{ $cp.adminPort }}
+  # Not the default 127.0.0.1: sidecars in other pods post health reports here, and the kubelet probes it.
+  address: {{ $cp.listenAddress | quote }}
+services:
+  {{- toYaml $cp.services | nindent 2 }}
+registration:
+  ttl: {{ $cp.registrationTtl }}
+health:
+  suspicionWindow: {{ $cp.suspicionWindow }}
+log:
+  level: {{ $cp.logLevel }}
+{{- end }}
+
 {{/* context.l2 of the sidecar config, from .Values.redis. */}}
 {{- define "ctxmesh.redisL2" -}}
 {{- $r := .Values.redis -}}
@@ -103,7 +127,10 @@ backend: memory
 {{- else if eq $r.mode "external" -}}
 {{- if not $r.external.host }}{{ fail "redis.external.host is required when redis.mode is external" }}{{ end -}}
 backend: redis
-url: {{ printf "%s://%s:%d/%d" (ternary "rediss" "redis" $r.external.tls) $r.external.host (int $r.external.port) (int $r.external.db) | quote }}
+{{- $host := $r.external.host }}
+{{- /* An IPv6 address goes into the URL in brackets. */}}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}{{ $host = printf "[%s]" $host }}{{ end }}
+url: {{ printf "%s://%s:%d/%d" (ternary "rediss" "redis" $r.external.tls) $host (int $r.external.port) (int $r.external.db) | quote }}
 {{- else if eq $r.mode "sentinel" -}}
 {{- if not $r.sentinel.hosts }}{{ fail "redis.sentinel.hosts needs at least one host:port when redis.mode is sentinel" }}{{ end -}}
 backend: redis

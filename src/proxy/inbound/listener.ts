@@ -11,6 +11,7 @@ import type { Exchange, ExchangeRecorder } from '../../telemetry/exchange.js';
 import type { Logger } from '../../telemetry/logger.js';
 import type { MeshMetrics } from '../../telemetry/metrics.js';
 import type { MeshIdentity } from '../../tls/identity.js';
+import { PEER_PATH_PREFIX, type PeerRouter } from '../../peer/router.js';
 import { isAllowed, spiffeIdOf } from '../../tls/spiffe.js';
 import { PEER_IDENTITY_HEADER, readRequestHead } from '../headers.js';
 import { answerClientErrors, continueWithinLimits, fail, proxy, serverOptions } from '../listener.js';
@@ -27,6 +28,11 @@ export interface InboundOptions {
   draining: () => boolean;
   metrics: MeshMetrics;
   logger: Logger;
+  /**
+   * Sidecar-to-sidecar calls (`/.ctxmesh/peer/*`): served by the router, never by the app, and
+   * only for callers `isSidecar` accepts; everyone else gets 403 on those paths.
+   */
+  peers?: { router: PeerRouter; isSidecar: (spiffeId: string | undefined) => boolean };
 }
 
 /** The caller's verified identity, read once per TLS connection rather than once per request. */
@@ -52,6 +58,15 @@ export function createInboundServer(options: InboundOptions): https.Server {
       startedAt: performance.now(),
       peer,
     };
+    if (exchange.path.startsWith(PEER_PATH_PREFIX)) {
+      if (options.peers && options.peers.isSidecar(peer)) {
+        options.peers.router.serve(req, res, { spiffeId: peer! });
+        return;
+      }
+      const refused = new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not a sidecar identity allowed to make peer calls`);
+      fail(res, exchange, recorder, 'peer', refused, head.contentLength > 0 || head.chunked);
+      return;
+    }
     if (!isAllowed(peer, options.allow)) {
       const refused = new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not allowed`);
       fail(res, exchange, recorder, app.name, refused, head.contentLength > 0 || head.chunked);

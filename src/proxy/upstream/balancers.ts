@@ -36,6 +36,11 @@ export class LeastRequestBalancer implements Balancer {
  * Ketama ring over every endpoint of the cluster, healthy or not, so that a key's order of
  * preference never changes with health: when the owner is unavailable the key goes to the next
  * endpoint clockwise, the replica that context replication already placed it on.
+ *
+ * An endpoint whose sidecar is known (EDS hostname = node.id) sits on the ring by that id, the
+ * name context replication builds its ring over (src/state/replication/ring.ts): the same ids give
+ * the same ring, so a key's request goes to its context's primary and, on failover, to the next
+ * replica, which holds the context. Endpoints without one sit there by address.
  */
 export class RingHashBalancer implements Balancer {
   private readonly ring: HashRing;
@@ -43,16 +48,21 @@ export class RingHashBalancer implements Balancer {
   private readonly fallback = new RoundRobinBalancer();
 
   constructor(endpoints: readonly Endpoint[]) {
-    this.ring = new HashRing(endpoints.map((e) => e.address));
-    this.size = endpoints.length;
+    const names = [...new Set(endpoints.map(ringName))].sort(); // sorted, as replication's ring is built
+    this.ring = new HashRing(names);
+    this.size = names.length;
   }
 
   pick(candidates: readonly Endpoint[], call: UpstreamCall): Endpoint {
     if (call.hashKey === undefined || candidates.length === 1) return this.fallback.pick(candidates);
-    for (const address of this.ring.range(call.hashKey, this.size, true)) {
-      const found = candidates.find((e) => e.address === address);
+    for (const name of this.ring.range(call.hashKey, this.size, true)) {
+      const found = candidates.find((e) => ringName(e) === name);
       if (found) return found;
     }
     return this.fallback.pick(candidates);
   }
+}
+
+function ringName(endpoint: Endpoint): string {
+  return endpoint.hostname ?? endpoint.address;
 }

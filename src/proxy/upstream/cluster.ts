@@ -20,6 +20,11 @@ export interface ClusterDeps {
   logger: Logger;
   clock?: Clock;
   random?: Random;
+  /**
+   * The health monitor's local verdict: endpoints at these addresses (peer sidecars it found dead
+   * or suspect) are skipped before any control-plane push arrives. Unset: no effect.
+   */
+  unreachable?: (address: string) => boolean;
 }
 
 export class Cluster {
@@ -38,6 +43,7 @@ export class Cluster {
   private readonly balancer: Balancer;
   /** Endpoints grouped by priority, highest priority (0) first. */
   private readonly levels: readonly (readonly Endpoint[])[];
+  private readonly unreachable: ((address: string) => boolean) | undefined;
 
   constructor(
     readonly config: ClusterConfig,
@@ -47,6 +53,7 @@ export class Cluster {
     this.clock = deps.clock ?? systemClock;
     this.random = deps.random ?? Math.random;
     this.metrics = deps.metrics;
+    this.unreachable = deps.unreachable;
     if (config.tls === 'mesh' && !deps.identity) throw new Error(`cluster ${config.name}: tls: mesh needs an identity`);
     const connector =
       config.tls === 'mesh' ? meshConnector(deps.identity!, config.connectTimeout) : plainConnector(config.connectTimeout);
@@ -72,9 +79,9 @@ export class Cluster {
     });
   }
 
-  /** Whether an endpoint may receive traffic: not ejected and its breaker admits. */
+  /** Whether an endpoint may receive traffic: not ejected, its breaker admits, and the health monitor has not found its peer down. */
   isAvailable(endpoint: Endpoint): boolean {
-    return endpoint.breaker.admits && !this.outliers.isEjected(endpoint);
+    return endpoint.breaker.admits && !this.outliers.isEjected(endpoint) && !this.unreachable?.(endpoint.address);
   }
 
   /**
@@ -89,7 +96,7 @@ export class Cluster {
       let available: Endpoint[] | undefined;
       let untried: Endpoint[] | undefined;
       for (const endpoint of level) {
-        if (this.outliers.isEjected(endpoint)) continue;
+        if (this.outliers.isEjected(endpoint) || this.unreachable?.(endpoint.address)) continue;
         if (!endpoint.breaker.admits) {
           sawOpenBreaker = true;
           continue;
@@ -123,6 +130,7 @@ export class Cluster {
         active_requests: e.active,
         circuit_breaker: e.breaker.state,
         ejected: this.outliers.isEjected(e),
+        unreachable: this.unreachable?.(e.address) ?? false,
         times_ejected: e.outlier.timesEjected,
         consecutive_failures: e.outlier.consecutiveFailures,
       })),

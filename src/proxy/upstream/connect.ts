@@ -4,6 +4,7 @@
 import tls from 'node:tls';
 import { buildConnector, type Connector } from './undici.js';
 import { MeshError } from '../../errors/table.js';
+import { formatHostPort } from '../../config/host-port.js';
 import type { MeshIdentity } from '../../tls/identity.js';
 import { checkMeshServerIdentity } from '../../tls/spiffe.js';
 
@@ -18,7 +19,8 @@ export function plainConnector(connectTimeoutMs: number): Connector {
 export function meshConnector(identity: MeshIdentity, connectTimeoutMs: number): Connector {
   const sessions = new Map<string, Buffer>();
   return (options, callback) => {
-    const peer = `${options.hostname}:${options.port}`;
+    // undici hands over an IPv6 host without its brackets; the label puts them back.
+    const peer = formatHostPort(options.hostname, Number(options.port));
     // The secure context is read per connection, so a rotated identity applies to the next
     // connection while open ones finish on the old one.
     const socket = tls.connect({
@@ -37,7 +39,7 @@ export function meshConnector(identity: MeshIdentity, connectTimeoutMs: number):
       sessions.set(peer, session);
     });
     const timer = setTimeout(() => {
-      socket.destroy(Object.assign(new MeshError('connect_failure', `TLS connect to ${peer} timed out`), { code: 'UND_ERR_CONNECT_TIMEOUT' }));
+      socket.destroy(new MeshError('connect_failure', `TLS connect to ${peer} timed out`));
     }, connectTimeoutMs);
     const onError = (err: Error): void => {
       clearTimeout(timer);

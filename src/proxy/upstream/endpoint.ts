@@ -14,6 +14,8 @@ export class Endpoint {
   readonly address: string;
   readonly priority: number;
   readonly zone: string;
+  /** node.id of the sidecar behind it, when known (EDS hostname): its place on the ring_hash ring. */
+  readonly hostname: string | undefined;
 
   constructor(
     config: EndpointConfig,
@@ -24,6 +26,7 @@ export class Endpoint {
     this.address = config.address;
     this.priority = config.priority;
     this.zone = config.zone;
+    this.hostname = config.hostname;
     const scheme = cluster.tls === 'mesh' ? 'https' : 'http';
     this.pool = new Pool(`${scheme}://${config.address}`, {
       connections: cluster.circuitBreaker.maxConnections,

@@ -35,6 +35,8 @@ export interface ContextApiOptions {
   limits: LimitsConfig;
   /** Consistency of requests without a ctxmesh-consistency header (context.replication.consistency). */
   defaultConsistency: Consistency;
+  /** The default consistency of one key (context.replication.levels); else `defaultConsistency`. */
+  consistencyFor?: (key: string) => Consistency;
   /** Epoch ms; for TTLs left and the rate limiter. Default Date.now. */
   now?: () => number;
   /** Called once per request after its response was written: cheap, so metrics can count here. */
@@ -118,8 +120,8 @@ class ContextApi {
       if (path.startsWith(CONTEXT_PREFIX)) {
         op = contextOp(method);
         if (op === 'other') throw notAllowed(res, method, path, ALLOW_CONTEXT);
-        consistency = this.consistencyOf(req.headers);
         const key = this.keyOf(path.slice(CONTEXT_PREFIX.length));
+        consistency = this.consistencyOf(req.headers, key);
         this.admit(tenantOf(key));
         const access = this.accessOf(req.headers, consistency);
         switch (op) {
@@ -319,9 +321,9 @@ class ContextApi {
     return key;
   }
 
-  private consistencyOf(headers: IncomingHttpHeaders): Consistency {
+  private consistencyOf(headers: IncomingHttpHeaders, key?: string): Consistency {
     const level = header(headers, 'ctxmesh-consistency');
-    if (level === undefined) return this.defaultConsistency;
+    if (level === undefined) return key !== undefined && this.options.consistencyFor ? this.options.consistencyFor(key) : this.defaultConsistency;
     if (level === 'strong' || level === 'session' || level === 'eventual') return level;
     throw new MeshError('bad_request', `ctxmesh-consistency must be strong, session or eventual, not "${level}"`);
   }

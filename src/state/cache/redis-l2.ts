@@ -253,6 +253,7 @@ export class RedisL2 extends EventEmitter implements L2Tier {
   }
 
   async list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
+    if (prefix === '') return this.listEveryTenant(after, limit);
     const slash = prefix.indexOf('/');
     if (slash <= 0) throw new MeshError('bad_request', `list prefix "${prefix}" must start with the tenant: <tenant>/…`);
     if (!Number.isInteger(limit) || limit < 1) throw new MeshError('bad_request', `list limit ${limit} must be a positive integer`);
@@ -282,6 +283,46 @@ export class RedisL2 extends EventEmitter implements L2Tier {
     if (keys.length <= limit) return { keys };
     keys.length = limit;
     return { keys, next: keys[limit - 1]! };
+  }
+
+  /**
+   * Every key of every tenant (anti-entropy's index, at start). Tenants are visited in the byte
+   * order of `<tenant>/`, which is the byte order of their keys, so `after` resumes as in `list`.
+   */
+  private async listEveryTenant(after: string | undefined, limit: number): Promise<ListPage> {
+    const tenants = (await this.tenants()).sort((a, b) => Buffer.compare(Buffer.from(`${a}/`), Buffer.from(`${b}/`)));
+    const keys: string[] = [];
+    for (const tenant of tenants) {
+      const prefix = `${tenant}/`;
+      if (after !== undefined && Buffer.compare(Buffer.from(prefix), Buffer.from(after)) < 0 && !after.startsWith(prefix)) continue;
+      const page = await this.list(prefix, after, limit - keys.length);
+      keys.push(...page.keys);
+      if (page.next !== undefined) return { keys, next: page.next };
+      if (keys.length === limit) return { keys, next: keys[limit - 1]! };
+    }
+    return { keys };
+  }
+
+  /** The tenants that have an index in Redis, found with SCAN (never KEYS: it blocks Redis). */
+  private async tenants(): Promise<string[]> {
+    const pattern = `${this.prefix.replace(/[*?[\]\\]/g, '\\$&')}idx:{*}`;
+    const found = new Set<string>();
+    const start = this.prefix.length + 'idx:{'.length;
+    // A Cluster's keys are spread over its masters: each is scanned.
+    const servers = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    try {
+      for (const server of servers) {
+        let cursor = '0';
+        do {
+          const [next, batch] = await server.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+          for (const key of batch) found.add(key.slice(start, -1));
+          cursor = next;
+        } while (cursor !== '0');
+      }
+    } catch (err) {
+      throw this.unavailable(err);
+    }
+    return [...found];
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,180 @@
+// Sidecar-to-sidecar calls, client side: `POST https://<address>/.ctxmesh/peer/<name>` over mTLS.
+// One undici Pool per peer address keeps a few TLS connections open (keep-alive, no pipelining: a
+// slow call never holds up the ones queued behind it on the same connection), so replication is
+// not a handshake per write. Every failure is a MeshError that names the peer and the call.
+import { createRequire } from 'node:module';
+import type { Dispatcher } from 'undici';
+import { ERROR_HEADER, MeshError, toMeshError, type ErrorCode, ERRORS } from '../errors/table.js';
+import { meshConnector } from '../proxy/upstream/connect.js';
+import { formatHostPort, parseHostPort } from '../config/host-port.js';
+import { Pool } from '../proxy/upstream/undici.js';
+import type { MeshIdentity } from '../tls/identity.js';
+import { PEER_PATH_PREFIX } from './router.js';
+import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
+
+const require = createRequire(import.meta.url);
+/** undici's request API, without the rest of undici's entry point (see ../proxy/upstream/undici.ts). */
+const undiciRequest = require('undici/lib/api/api-request.js') as (this: Dispatcher, options: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
+const DEFAULT_CALL_TIMEOUT_MS = 5_000;
+const DEFAULT_CONNECTIONS = 4;
+const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 ** 2;
+
+export interface PeerResponse {
+  status: number;
+  body: Buffer;
+  /** The peer's x-ctxmesh-error code on a refusal. */
+  error?: string;
+  json<T>(): T;
+}
+
+export interface PeerClientOptions {
+  connectTimeoutMs?: number;
+  /** Timeout of a call without its own. Default 5s. */
+  timeoutMs?: number;
+  /** Connections per peer. Default 4. */
+  connections?: number;
+  maxResponseBytes?: number;
+  /** The fault switch (CTXMESH_FAULTS=1 only): calls to blocked peers fail as unreachable. */
+  faults?: PeerFaults;
+}
+
+export interface PeerCallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export class PeerClient {
+  private readonly pools = new Map<string, Pool>();
+  private readonly connector;
+  private readonly connectTimeoutMs: number;
+  private readonly timeoutMs: number;
+  private readonly connections: number;
+  private readonly maxResponseBytes: number;
+  private readonly faults: PeerFaults | undefined;
+  private closed = false;
+
+  constructor(identity: MeshIdentity, options: PeerClientOptions = {}) {
+    this.connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.connections = options.connections ?? DEFAULT_CONNECTIONS;
+    this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    this.faults = options.faults;
+    this.connector = meshConnector(identity, this.connectTimeoutMs);
+  }
+
+  /**
+   * Calls handler `name` on the peer at `address` (host:port of its inbound listener). Resolves with
+   * any HTTP answer (check `status`); rejects with a MeshError when there is none: connect_failure
+   * (refused, unreachable, TLS or identity refused), upstream_timeout (no answer within the
+   * timeout), upstream_reset (connection lost mid-call).
+   */
+  async call(address: string, name: string, body: Buffer | object, options: PeerCallOptions = {}): Promise<PeerResponse> {
+    if (this.closed) throw new MeshError('internal', 'the peer client is closed');
+    if (this.faults?.dropsCallTo(address)) throw new MeshError('connect_failure', `peer ${address} is unreachable (${name}): blocked by the fault switch`);
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const payload = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const signal = options.signal ? AbortSignal.any([options.signal, deadline]) : deadline;
+    try {
+      const response = await undiciRequest.call(this.pool(address), {
+        path: `${PEER_PATH_PREFIX}${name}`,
+        method: 'POST',
+        headers: {
+          'content-type': Buffer.isBuffer(body) ? 'application/octet-stream' : 'application/json',
+          'content-length': String(payload.length),
+          ...(this.faults ? { [PEER_NODE_HEADER]: this.faults.selfId } : {}),
+        },
+        body: payload,
+        signal,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+      });
+      const bytes = await readBounded(response.body, this.maxResponseBytes, address, name);
+      const error = response.headers[ERROR_HEADER];
+      return {
+        status: response.statusCode,
+        body: bytes,
+        ...(typeof error === 'string' ? { error } : {}),
+        json<T>(): T {
+          return JSON.parse(bytes.toString('utf8')) as T;
+        },
+      };
+    } catch (err) {
+      throw describe(err, address, name, timeoutMs, deadline.aborted, options.signal?.aborted ?? false);
+    }
+  }
+
+  /** Throws the peer's refusal as a MeshError unless the answer is 2xx. */
+  static ok(response: PeerResponse, address: string, name: string): PeerResponse {
+    if (response.status >= 200 && response.status < 300) return response;
+    const code = response.error !== undefined && response.error in ERRORS ? (response.error as ErrorCode) : 'upstream_reset';
+    let detail = '';
+    try {
+      detail = response.json<{ message?: string }>().message ?? '';
+    } catch {
+      // Not a mesh error body.
+    }
+    throw new MeshError(code, `peer ${address} refused ${name} (${response.status}${detail ? `: ${detail}` : ''})`);
+  }
+
+  private pool(address: string): Pool {
+    let pool = this.pools.get(address);
+    if (!pool) {
+      // `[v6]:port` goes into the URL as written; an unbracketed IPv6 address would not parse.
+      const peer = parseHostPort(address);
+      if (typeof peer === 'string') throw new MeshError('connect_failure', `peer address ${address} cannot be dialled: ${peer}`);
+      pool = new Pool(`https://${formatHostPort(peer.host, peer.port)}`, {
+        connections: this.connections,
+        pipelining: 1,
+        connect: this.connector,
+        keepAliveTimeout: 30_000,
+        keepAliveMaxTimeout: 600_000,
+      });
+      this.pools.set(address, pool);
+    }
+    return pool;
+  }
+
+  /** Drops the connections to one peer (it left the mesh). */
+  async forget(address: string): Promise<void> {
+    const pool = this.pools.get(address);
+    this.pools.delete(address);
+    await pool?.destroy();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const pools = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(pools.map((p) => p.destroy()));
+  }
+}
+
+function describe(err: unknown, address: string, name: string, timeoutMs: number, timedOut: boolean, cancelled: boolean): MeshError {
+  if (err instanceof MeshError) {
+    return err.code === 'connect_failure' ? new MeshError('connect_failure', `peer ${address} (${name}): ${err.message}`, { cause: err }) : err;
+  }
+  if (timedOut) return new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`, { cause: err });
+  if (cancelled) return new MeshError('client_closed', `call ${name} to peer ${address} was cancelled`, { cause: err });
+  const mapped = toMeshError(err);
+  const reason = (err as Error)?.message ?? String(err);
+  if (mapped.code === 'connect_failure') return new MeshError('connect_failure', `peer ${address} is unreachable (${name}): ${reason}`, { cause: err });
+  if (mapped.code === 'upstream_timeout') return new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`, { cause: err });
+  return new MeshError(mapped.code === 'internal' ? 'upstream_reset' : mapped.code, `peer ${address} (${name}): ${reason}`, { cause: err });
+}
+
+async function readBounded(body: Dispatcher.ResponseData['body'], maxBytes: number, address: string, name: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  for await (const chunk of body) {
+    received += (chunk as Buffer).length;
+    if (received > maxBytes) {
+      body.destroy();
+      throw new MeshError('payload_too_large', `peer ${address} answered ${name} with more than ${maxBytes} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received);
+}

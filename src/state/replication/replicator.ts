@@ -1,0 +1,859 @@
+// The replicated context store: a ContextStore in front of this sidecar's ReplicaStore that any
+// sidecar can coordinate. For a key it finds the replica set on the ring and acknowledges per
+// consistency level:
+//
+//   eventual  stamps a version (the HLC of the local store), applies locally when it is a
+//             replica, sends to the others through their PeerLinks; acknowledged after one
+//             replica has the write (durably). Reads ask one replica, this sidecar first.
+//   session   writes as eventual; the session token carries the HLC high-water mark of everything
+//             the session wrote or read. A read whose first answer is older than the mark may be
+//             stale, so it asks every replica and answers the newest (repairing the others): the
+//             replica that acknowledged the session's write is among them. Read-your-writes and
+//             monotonic reads hold on any sidecar, as long as that replica answers.
+//   strong    linearizable per key, whichever sidecars coordinate. Every strong operation runs two
+//             rounds over a majority Q = ⌊N/2⌋+1 of the replicas, with a ballot from this
+//             sidecar's HLC (single-decree Paxos per operation, as in CASPaxos):
+//               prepare  each replica promises to refuse lower ballots and answers its record
+//                        and the ballot it accepted it at; a refusal names the higher ballot,
+//                        which the HLC observes, so a skewed clock only costs a retry;
+//               decide   on the record with the highest accepted ballot among Q answers: check
+//                        If-Match / If-None-Match, apply PATCH, build the tombstone; a new
+//                        record's version is the ballot, so it is newer than anything Q holds;
+//               accept   each replica stores the decided record unless it promised a higher
+//                        ballot meanwhile (checked and stored under the key's lock).
+//             Of two operations racing on a key at most one gets Q accepts, whichever sidecars
+//             coordinate them; the other retries (nothing of it was stored), answers 412 (its
+//             condition no longer holds) or, when some replicas stored it, 504 indeterminate —
+//             never success. A read first asks the replicas without promising: when Q of them
+//             agree on record and ballot, that is the answer (stale replicas are sent it); else
+//             it runs the rounds with an unchanged record, which writes the newest back to a
+//             quorum before answering. A 412 is answered the same way: only after the version
+//             it was checked against is on a quorum.
+//
+// A replica that cannot be reached gets the write as a hint (kept and persisted by HintStore,
+// delivered when it answers again); hints never count as acknowledgements, and a strong write
+// leaves hints only once it is acknowledged.
+//
+// Seams for later work: the winner of two versions is decided only in order.ts (dotted version
+// vectors and merges go there), placement only in ring.ts (rebalancing streams follow its
+// 'change' event), and anti-entropy can reuse the `read`/`replicate` handlers.
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { ContextConfig } from '../../config/schema.js';
+import { MeshError } from '../../errors/table.js';
+import type { Member, Membership } from '../../membership/membership.js';
+import { PeerClient } from '../../peer/client.js';
+import type { PeerRouter } from '../../peer/router.js';
+import type { Logger } from '../../telemetry/logger.js';
+import { satisfies, type Expectation, type ListPage } from '../cache/l2.js';
+import { compareTimestamps, type HlcTimestamp } from '../hlc.js';
+import { KeyedLock } from '../keyed-lock.js';
+import type { LocalStore } from '../local-store.js';
+import { isExpired, type ContextRecord } from '../record.js';
+import type { Access, Consistency, ContextStore, Mutation, ReadResult, StoreStats } from '../store.js';
+import { compareVersions, makeVersion, versionTimestamp, type Version } from '../version.js';
+import { decodeRecordList, encodeRecordList } from './codec.js';
+import type { HintStore } from './hints.js';
+import { compareRecords, newestOf } from './order.js';
+import { PeerLink, REPLICATE } from './peer-link.js';
+import type { AcceptAnswer, AcceptorState, ApplyOutcome, PrepareAnswer, ReplicaStore } from './replica-store.js';
+import { PlacementRing } from './ring.js';
+
+export const READ = 'read';
+export const HINT_DELIVER = 'hint-deliver';
+export const LIST = 'list';
+/** Strong operations: a read without promise, then the two rounds (see the top of this file). */
+export const PEEK = 'peek';
+export const PREPARE = 'prepare';
+export const ACCEPT = 'accept';
+/** Rounds a strong operation may run (each after a randomised pause) before giving up. */
+const MAX_STRONG_ATTEMPTS = 12;
+
+/** What the state agent needs from the sidecar to replicate. */
+export interface Peering {
+  router: PeerRouter;
+  client: PeerClient;
+  membership: Membership;
+}
+
+export type ReplicationConfig = ContextConfig['replication'];
+
+export interface ReplicatorOptions {
+  nodeId: string;
+  nodeTag: string;
+  config: ReplicationConfig;
+  /** The local tiers: their clock stamps versions, their stats are reported. */
+  store: LocalStore;
+  replica: ReplicaStore;
+  hints: HintStore;
+  peering: Peering;
+  logger: Logger;
+  registry: Registry;
+  now?: () => number;
+}
+
+/** The majority of n: W and R of strong consistency. */
+export function quorum(n: number): number {
+  return Math.floor(n / 2) + 1;
+}
+
+/** The default consistency of a key: the longest matching `levels` prefix, else `fallback`. */
+export function consistencyResolver(levels: ReplicationConfig['levels'], fallback: Consistency): (key: string) => Consistency {
+  const sorted = [...levels].sort((a, b) => b.prefix.length - a.prefix.length);
+  if (sorted.length === 0) return () => fallback;
+  return (key) => sorted.find((l) => key.startsWith(l.prefix))?.consistency ?? fallback;
+}
+
+interface Answer {
+  member: Member;
+  record: ContextRecord | undefined;
+}
+
+export class Replicator implements ContextStore {
+  readonly ring: PlacementRing;
+  private readonly links = new Map<string, PeerLink>();
+  private readonly locks = new KeyedLock();
+  private readonly now: () => number;
+  private readonly config: ReplicationConfig;
+  private readonly replica: ReplicaStore;
+  private readonly hints: HintStore;
+  private readonly client: PeerClient;
+  private readonly membership: Membership;
+  private readonly logger: Logger;
+  private readonly timer: NodeJS.Timeout;
+  private readonly delivering = new Set<string>();
+  private readonly lagging = new Set<string>();
+  private readonly writes: Counter<'consistency' | 'outcome'>;
+  private readonly repairs: Counter;
+  private closed = false;
+
+  constructor(private readonly options: ReplicatorOptions) {
+    this.now = options.now ?? Date.now;
+    this.config = options.config;
+    this.replica = options.replica;
+    this.hints = options.hints;
+    this.client = options.peering.client;
+    this.membership = options.peering.membership;
+    this.logger = options.logger.child({ component: 'replication' });
+    this.ring = new PlacementRing(this.membership, options.config.factor);
+    this.ring.on('change', (ids) => this.logger.info({ members: ids, factor: this.ring.size }, 'replica placement changed'));
+
+    const router = options.peering.router;
+    const applyBatch = async (body: Buffer) => {
+      const records = decodeRecordList(body);
+      const outcomes = await Promise.all(records.map((r) => (r ? this.replica.apply(r) : Promise.resolve<ApplyOutcome>('stale'))));
+      return { body: { outcomes } };
+    };
+    router.add(REPLICATE, applyBatch);
+    router.add(HINT_DELIVER, applyBatch);
+    router.add(READ, async (body) => {
+      const { keys } = parseJson<{ keys?: unknown }>(body, READ);
+      if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string')) throw new MeshError('bad_request', `${READ} takes {"keys": [string]}`);
+      return { body: encodeRecordList(await this.replica.readMany(keys as string[])) };
+    });
+    router.add(LIST, async (body) => {
+      const { prefix, after, limit } = parseJson<{ prefix?: unknown; after?: unknown; limit?: unknown }>(body, LIST);
+      if (typeof prefix !== 'string' || (after !== undefined && typeof after !== 'string') || typeof limit !== 'number') {
+        throw new MeshError('bad_request', `${LIST} takes {"prefix": string, "after"?: string, "limit": number}`);
+      }
+      return { body: await this.replica.list(prefix, after as string | undefined, limit) };
+    });
+    router.add(PEEK, async (body) => {
+      const { key } = parseJson<{ key?: unknown }>(body, PEEK);
+      if (typeof key !== 'string') throw new MeshError('bad_request', `${PEEK} takes {"key": string}`);
+      const state = await this.replica.peek(key);
+      return { body: frame({ accepted: state.accepted ?? null }, [state.record]) };
+    });
+    router.add(PREPARE, async (body) => {
+      const { key, ballot } = parseJson<{ key?: unknown; ballot?: unknown }>(body, PREPARE);
+      if (typeof key !== 'string' || !isBallot(ballot)) throw new MeshError('bad_request', `${PREPARE} takes {"key": string, "ballot": "<wall>.<logical>@<node>"}`);
+      const answer = await this.replica.prepare(key, ballot);
+      return { body: answer.ok ? frame({ ok: true, accepted: answer.accepted ?? null }, [answer.record]) : frame({ ok: false, promised: answer.promised }, []) };
+    });
+    router.add(ACCEPT, async (body) => {
+      const { head, records } = unframe<{ key?: unknown; ballot?: unknown }>(body, ACCEPT);
+      const record = records[0];
+      if (typeof head.key !== 'string' || !isBallot(head.ballot) || records.length !== 1 || !record) {
+        throw new MeshError('bad_request', `${ACCEPT} takes {"key": string, "ballot": string} and one record`);
+      }
+      return { body: await this.replica.accept(head.key, head.ballot, record) };
+    });
+
+    const registers = [options.registry];
+    this.writes = new Counter({
+      name: 'ctxmesh_replication_writes_total',
+      help: 'Replicated writes coordinated here, by consistency level and outcome (acknowledged | indeterminate).',
+      labelNames: ['consistency', 'outcome'] as const,
+      registers,
+    });
+    this.repairs = new Counter({ name: 'ctxmesh_replication_read_repairs_total', help: 'Stale replicas sent the newest version by a read.', registers });
+    const perPeer = (name: string, help: string, read: (peerId: string) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['peer'] as const,
+        registers,
+        collect: function (this: Gauge<'peer'>) {
+          this.reset();
+          for (const id of replicator.peerIds()) this.labels(id).set(read(id));
+        },
+      });
+    const replicator = this;
+    perPeer('ctxmesh_replication_lag_seconds', 'Age of the oldest write not yet delivered to the peer (queued, in flight or hinted).', (id) => this.lag(id).seconds);
+    perPeer('ctxmesh_replication_lag_bytes', 'Bytes of writes not yet delivered to the peer (queued, in flight or hinted).', (id) => this.lag(id).bytes);
+    perPeer('ctxmesh_replication_hints', 'Writes kept as hints for the peer until it answers again.', (id) => this.hints.count(id));
+    new Counter({
+      name: 'ctxmesh_replication_hints_delivered_total',
+      help: 'Hints delivered to their replica.',
+      registers,
+      collect: function (this: Counter) {
+        this.reset();
+        this.inc(replicator.hints.deliveredCount);
+      },
+    });
+    new Counter({
+      name: 'ctxmesh_replication_hints_dropped_total',
+      help: 'Hints dropped because a peer’s hints passed context.replication.hints.maxBytes.',
+      registers,
+      collect: function (this: Counter) {
+        this.reset();
+        this.inc(replicator.hints.dropped);
+      },
+    });
+
+    this.timer = setInterval(() => {
+      this.deliverHints();
+      this.checkLag();
+    }, options.config.hints.interval).unref();
+  }
+
+  // ── reads ────────────────────────────────────────────────────────────────────────────────
+
+  async get(key: string, access: Access): Promise<ReadResult | undefined> {
+    const record = this.visible(await this.readNewest(key, access));
+    return record ? { record, stale: false, tier: 'l2' } : undefined;
+  }
+
+  getMany(keys: readonly string[], access: Access): Promise<Array<ReadResult | undefined>> {
+    return Promise.all(keys.map((key) => this.get(key, access)));
+  }
+
+  /** The newest version per the access's level, tombstones included. */
+  private readNewest(key: string, access: Access): Promise<ContextRecord | undefined> {
+    const replicas = this.ring.replicas(key);
+    if (access.consistency === 'strong') return this.quorumRead(key, replicas, access);
+    if (access.consistency === 'session' && access.session) return this.sessionRead(key, replicas, access.session);
+    return this.firstRead(key, replicas).then((a) => a.record);
+  }
+
+  /** One replica's answer: this sidecar's when it is a replica, else the first that answers, in ring order. */
+  private async firstRead(key: string, replicas: readonly Member[]): Promise<Answer> {
+    const selfId = this.options.nodeId;
+    const ordered = [...replicas.filter((m) => m.id === selfId), ...replicas.filter((m) => m.id !== selfId)];
+    let lastError: unknown;
+    for (const member of ordered) {
+      try {
+        return { member, record: (await this.readFrom(member, [key]))[0] };
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    throw new MeshError('quorum_unavailable', `no replica of ${key} answered (${ordered.map((m) => m.id).join(', ')}): ${(lastError as Error)?.message ?? 'no replicas'}`);
+  }
+
+  private async sessionRead(key: string, replicas: readonly Member[], seen: HlcTimestamp): Promise<ContextRecord | undefined> {
+    const first = await this.firstRead(key, replicas);
+    const at = first.record && versionTimestamp(first.record.version);
+    if (at && compareTimestamps(at, seen) >= 0) return first.record;
+    // Older than what the session has seen: possibly stale. Every replica that answers decides.
+    const others = replicas.filter((m) => m.id !== first.member.id);
+    const answers = [first, ...(await this.gather(key, others, others.length)).answers];
+    const newest = newestOf(answers.map((a) => a.record));
+    if (newest) void this.repair(newest, answers);
+    return newest;
+  }
+
+  /**
+   * The newest version as a linearizable read: the replicas' states when a quorum agrees on one
+   * (record and ballot), else the rounds with the record unchanged, which leave it on a quorum.
+   */
+  private async quorumRead(key: string, replicas: readonly Member[], access: Access): Promise<ContextRecord | undefined> {
+    const needed = quorum(replicas.length);
+    const peeked = await this.round(replicas, needed, (m) => this.peekAt(m, key), () => true, (answers) => agreement(answers.map((a) => a.value), needed) !== undefined);
+    const agreed = agreement(peeked.oks.map((a) => a.value), needed);
+    if (agreed) {
+      const repair = (answers: ReadonlyArray<{ member: Member; value: AcceptorState }>) => this.repairAt(key, agreed, answers);
+      void peeked.late.then(repair);
+      // Blocking for the stale replicas that answered: the next read through them finds it there.
+      await repair(peeked.oks);
+      return agreed.record;
+    }
+    if (peeked.oks.length < needed) {
+      throw new MeshError('quorum_unavailable', `strong read of ${key}: ${peeked.oks.length} of ${replicas.length} replicas answered, ${needed} needed (${describeFailures(peeked.failures)})`);
+    }
+    return (await this.consensus(key, access, 'read', () => undefined)).current;
+  }
+
+  /** Sends the agreed state to the answers that hold something else, at its own ballot. */
+  private async repairAt(key: string, agreed: AcceptorState, answers: ReadonlyArray<{ member: Member; value: AcceptorState }>): Promise<void> {
+    if (!agreed.record || agreed.accepted === undefined) return;
+    const stale = answers.filter((a) => a.value.record?.version !== agreed.record!.version || a.value.accepted !== agreed.accepted);
+    if (stale.length === 0) return;
+    this.repairs.inc(stale.length);
+    await Promise.allSettled(stale.map((a) => this.acceptAt(a.member, key, agreed.accepted!, agreed.record!)));
+  }
+
+  /**
+   * One strong operation on `key`: prepare, decide, accept (see the top of this file), retried
+   * with a higher ballot while racing operations win. `decide` gets the newest live record (and
+   * the newest held, tombstones included) and returns the new record for a ballot, or undefined to
+   * keep the state (a read); a MeshError it throws is answered once the state it saw is on a
+   * quorum. Resolves with the record written, if any, and the state it was decided on.
+   */
+  private async consensus(
+    key: string,
+    access: Access,
+    kind: 'read' | 'write',
+    decide: (live: ContextRecord | undefined, held: ContextRecord | undefined) => ((ballot: Version, wall: number) => ContextRecord) | undefined,
+  ): Promise<{ written?: ContextRecord; current: ContextRecord | undefined }> {
+    const replicas = this.ring.replicas(key);
+    const needed = quorum(replicas.length);
+    const clock = this.options.store.clock;
+    if (access.session) clock.observe(access.session);
+    const deadline = this.now() + this.config.writeTimeout;
+    let last = '';
+    // A write that may have been stored somewhere is indeterminate; one that was not, or a read, is
+    // refused as unavailable — except that a write refused for want of replicas keeps the
+    // long-standing answer, indeterminate, so that clients treat every failed strong write alike.
+    const fail = (why: string, stored: boolean): MeshError => {
+      if (kind === 'read') return new MeshError('quorum_unavailable', `strong read of ${key} ${why}`);
+      this.writes.labels('strong', 'indeterminate').inc();
+      return new MeshError('indeterminate', `strong write of ${key} ${why}${stored ? '' : ' (not stored on any replica)'}`);
+    };
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) {
+        if (attempt >= MAX_STRONG_ATTEMPTS || this.now() >= deadline) throw fail(`did not complete in ${attempt} rounds: ${last}`, false);
+        await pause(Math.random() * Math.min(50, 2 ** attempt * 2));
+      }
+      const t = clock.tick();
+      const ballot = makeVersion(t, this.options.nodeTag);
+      const prepared = await this.round(replicas, needed, (m) => this.prepareAt(m, key, ballot), (a) => a.ok);
+      for (const r of prepared.refusals) if (!r.value.ok) this.options.store.observe(r.value.promised);
+      const promises = prepared.oks.map((a) => ({ member: a.member, state: a.value as AcceptorState }));
+      if (promises.length < needed) {
+        last = `${promises.length} of ${replicas.length} replicas acknowledged, ${needed} needed${prepared.failures.length ? ` (${describeFailures(prepared.failures)})` : ''}`;
+        // Not enough replicas answer at all: retrying within this operation would not help.
+        if (prepared.failures.length > replicas.length - needed) throw fail(`(ballot ${ballot}) failed: ${last}`, false);
+        continue;
+      }
+      const newest = newestState(promises.map((p) => p.state));
+      let make: ((ballot: Version, wall: number) => ContextRecord) | undefined;
+      let refusal: unknown;
+      try {
+        make = decide(this.visible(newest.record), newest.record);
+      } catch (err) {
+        refusal = err;
+      }
+      let proposal = make?.(ballot, t.wall);
+      if (!proposal) {
+        // The state stays: answer it once it is on a quorum at one ballot.
+        if (agreement(promises.map((p) => p.state), needed)) {
+          if (refusal) throw refusal;
+          return { current: newest.record };
+        }
+      }
+      const writing = proposal !== undefined;
+      proposal ??= newest.record ?? tombstoneAt(key, ballot, t.wall);
+      const toAccept = proposal;
+      // Every replica that answers may take the accept, not only the first Q that promised.
+      const unreachable = new Set(prepared.failures.map((f) => f.member.id));
+      const targets = replicas.filter((m) => !unreachable.has(m.id));
+      const accepted = await this.round(targets, needed, (m) => this.acceptAt(m, key, ballot, toAccept), (a) => a.ok);
+      for (const r of accepted.refusals) if (!r.value.ok) this.options.store.observe(r.value.promised);
+      if (accepted.oks.length >= needed) {
+        if (writing) {
+          this.writes.labels('strong', 'acknowledged').inc();
+          const reached = new Set(accepted.oks.map((a) => a.member.id));
+          // Acknowledged: the replicas it missed get it as a hint (late, at its own ballot).
+          for (const m of replicas) if (!reached.has(m.id) && m.id !== this.options.nodeId && !this.closed) void this.hints.add(m.id, toAccept);
+          return { written: toAccept, current: toAccept };
+        }
+        if (refusal) throw refusal;
+        return { current: newest.record };
+      }
+      // A retry is safe only if no replica took this write: an accept still in flight may yet
+      // succeed, and a retry that then found the write would answer for it wrongly.
+      const tally = writing ? await accepted.all : accepted;
+      last = `${tally.oks.length} of ${replicas.length} replicas accepted, ${needed} needed${tally.failures.length ? ` (${describeFailures(tally.failures)})` : ''}`;
+      if (writing && (tally.oks.length > 0 || tally.failures.length > 0)) {
+        // Stored on some replicas (or maybe, where the call failed): a later operation may find it.
+        throw fail(`(version ${ballot}) is indeterminate: ${last}`, true);
+      }
+    }
+  }
+
+  private async peekAt(member: Member, key: string): Promise<AcceptorState> {
+    if (member.id === this.options.nodeId) return this.replica.peek(key);
+    const { head, records } = unframe<{ accepted: Version | null }>(await this.callPeer(member, PEEK, { key }), PEEK);
+    return { record: records[0], accepted: head.accepted ?? undefined };
+  }
+
+  private async prepareAt(member: Member, key: string, ballot: Version): Promise<PrepareAnswer> {
+    if (member.id === this.options.nodeId) return this.replica.prepare(key, ballot);
+    const { head, records } = unframe<{ ok: boolean; accepted?: Version | null; promised?: Version }>(await this.callPeer(member, PREPARE, { key, ballot }), PREPARE);
+    if (head.ok) return { ok: true, record: records[0], accepted: head.accepted ?? undefined };
+    if (!isBallot(head.promised)) throw new MeshError('upstream_reset', `peer ${member.id} refused ${PREPARE} without naming its ballot`);
+    return { ok: false, promised: head.promised };
+  }
+
+  private async acceptAt(member: Member, key: string, ballot: Version, record: ContextRecord): Promise<AcceptAnswer> {
+    if (member.id === this.options.nodeId) return this.replica.accept(key, ballot, record);
+    const answer = parseJson<AcceptAnswer>(await this.callPeer(member, ACCEPT, frame({ key, ballot }, [record])), ACCEPT);
+    if (typeof answer.ok !== 'boolean' || (!answer.ok && !isBallot(answer.promised))) throw new MeshError('upstream_reset', `peer ${member.id} answered ${ACCEPT} with a malformed reply`);
+    return answer;
+  }
+
+  private async callPeer(member: Member, name: string, body: Buffer | object): Promise<Buffer> {
+    return PeerClient.ok(await this.client.call(member.address, name, body, { timeoutMs: this.config.peerTimeout }), member.address, name).body;
+  }
+
+  /**
+   * Calls `members` concurrently; resolves once `needed` answers pass `ok`, or once that can no
+   * longer happen, or once `enough` says so. `late` resolves with the passing answers after that.
+   */
+  private round<T>(
+    members: readonly Member[],
+    needed: number,
+    call: (member: Member) => Promise<T>,
+    ok: (answer: T) => boolean,
+    enough?: (oks: ReadonlyArray<{ member: Member; value: T }>) => boolean,
+  ): Promise<RoundResult<T>> {
+    return new Promise((resolve) => {
+      const oks: Array<{ member: Member; value: T }> = [];
+      const refusals: Array<{ member: Member; value: T }> = [];
+      const failures: Array<{ member: Member; error: Error }> = [];
+      const late: Array<{ member: Member; value: T }> = [];
+      let done = false;
+      let outstanding = members.length;
+      let settleLate: (answers: Array<{ member: Member; value: T }>) => void = () => undefined;
+      const lateDone = new Promise<Array<{ member: Member; value: T }>>((r) => (settleLate = r));
+      const all = lateDone.then((more) => ({ oks: [...oks, ...more], refusals, failures }));
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        resolve({ oks: [...oks], refusals: [...refusals], failures: [...failures], pendingAfter: outstanding, late: lateDone, all });
+      };
+      if (members.length === 0) {
+        finish();
+        settleLate([]);
+        return;
+      }
+      for (const member of members) {
+        call(member).then(
+          (value) => (ok(value) ? (done ? late : oks) : refusals).push({ member, value }),
+          (error: Error) => failures.push({ member, error }),
+        ).finally(() => {
+          outstanding--;
+          const full = enough ? oks.length >= needed && enough(oks) : oks.length >= needed;
+          if (full || oks.length + outstanding < needed || outstanding === 0) finish();
+          if (outstanding === 0) settleLate(late);
+        });
+      }
+    });
+  }
+
+  /**
+   * Reads the key from `members` concurrently; resolves once `needed` have answered or too many
+   * have failed. `late` resolves with the answers that came after.
+   */
+  private gather(key: string, members: readonly Member[], needed: number): Promise<{ answers: Answer[]; late: Promise<Answer[]> }> {
+    return new Promise((resolve) => {
+      const answers: Answer[] = [];
+      const late: Answer[] = [];
+      let failed = 0;
+      let done = false;
+      let settle: (answers: Answer[]) => void = () => undefined;
+      const lateDone = new Promise<Answer[]>((r) => (settle = r));
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        resolve({ answers: [...answers], late: lateDone });
+      };
+      if (members.length === 0 || needed === 0) {
+        finish();
+        settle([]);
+        return;
+      }
+      let outstanding = members.length;
+      for (const member of members) {
+        this.readFrom(member, [key]).then(
+          (records) => (done ? late : answers).push({ member, record: records[0] }),
+          () => failed++,
+        ).finally(() => {
+          outstanding--;
+          if (answers.length >= needed || members.length - failed < needed || outstanding === 0) finish();
+          if (outstanding === 0) settle(late);
+        });
+      }
+    });
+  }
+
+  private async readFrom(member: Member, keys: string[]): Promise<Array<ContextRecord | undefined>> {
+    if (member.id === this.options.nodeId) return this.replica.readMany(keys);
+    const response = PeerClient.ok(await this.client.call(member.address, READ, { keys }, { timeoutMs: this.config.peerTimeout }), member.address, READ);
+    const records = decodeRecordList(response.body);
+    if (records.length !== keys.length) throw new MeshError('upstream_reset', `peer ${member.id} answered ${READ} with ${records.length} records for ${keys.length} keys`);
+    return records;
+  }
+
+  /** Sends `newest` to every answer that is older or missing it; resolves when they have replied. */
+  private async repair(newest: ContextRecord, answers: readonly Answer[]): Promise<void> {
+    const stale = answers.filter((a) => !a.record || compareRecords(newest, a.record) > 0);
+    if (stale.length === 0) return;
+    this.repairs.inc(stale.length);
+    await Promise.allSettled(stale.map((a) => this.sendTo(a.member, newest, false)));
+  }
+
+  // ── writes ───────────────────────────────────────────────────────────────────────────────
+
+  async put(key: string, mutation: Mutation, expected: Expectation, access: Access): Promise<ContextRecord> {
+    if (access.consistency === 'strong') {
+      const { written } = await this.consensus(key, access, 'write', (live) => {
+        check(expected, live?.version, key);
+        return (ballot, wall) => this.recordAt(key, mutation, ballot, wall);
+      });
+      return written!;
+    }
+    if (expected.kind === 'any') return this.write(this.stamp(key, mutation, undefined, access), access.consistency);
+    return this.locks.run(key, async () => {
+      const current = await this.readNewest(key, access);
+      check(expected, this.visible(current)?.version, key);
+      return this.write(this.stamp(key, mutation, current, access), access.consistency);
+    });
+  }
+
+  async update(key: string, change: (current: ContextRecord | undefined) => Mutation, expected: Expectation, access: Access): Promise<ContextRecord> {
+    if (access.consistency === 'strong') {
+      const { written } = await this.consensus(key, access, 'write', (live) => {
+        check(expected, live?.version, key);
+        const mutation = change(live);
+        return (ballot, wall) => this.recordAt(key, mutation, ballot, wall);
+      });
+      return written!;
+    }
+    return this.locks.run(key, async () => {
+      const current = await this.readNewest(key, access);
+      const live = this.visible(current);
+      check(expected, live?.version, key);
+      return this.write(this.stamp(key, change(live), current, access), access.consistency);
+    });
+  }
+
+  async delete(key: string, expected: Expectation, access: Access): Promise<ContextRecord | undefined> {
+    if (access.consistency === 'strong') {
+      const { written } = await this.consensus(key, access, 'write', (live) => {
+        if (!live) return undefined;
+        check(expected, live.version, key);
+        return (ballot, wall) => tombstoneAt(key, ballot, wall);
+      });
+      return written;
+    }
+    return this.locks.run(key, async () => {
+      const current = await this.readNewest(key, access);
+      const live = this.visible(current);
+      if (!live) return undefined;
+      check(expected, live.version, key);
+      const tombstone = this.stamp(key, { value: Buffer.alloc(0), contentType: '', retention: 'normal' }, current, access);
+      tombstone.tombstone = true;
+      return this.write(tombstone, access.consistency);
+    });
+  }
+
+  /** A strong write's record: its version is the operation's ballot. */
+  private recordAt(key: string, mutation: Mutation, ballot: Version, wall: number): ContextRecord {
+    return {
+      key,
+      value: mutation.value,
+      contentType: mutation.contentType,
+      version: ballot,
+      expiresAt: mutation.ttlMs === undefined ? 0 : this.now() + mutation.ttlMs,
+      retention: mutation.retention,
+      updatedAt: wall,
+    };
+  }
+
+  private stamp(key: string, mutation: Mutation, current: ContextRecord | undefined, access: Access): ContextRecord {
+    const clock = this.options.store.clock;
+    // A write must supersede what it replaces and what its session has seen, whatever this
+    // sidecar's wall clock says.
+    const replaced = current && versionTimestamp(current.version);
+    if (replaced) clock.observe(replaced);
+    if (access.session) clock.observe(access.session);
+    const t = clock.tick();
+    return {
+      key,
+      value: mutation.value,
+      contentType: mutation.contentType,
+      version: makeVersion(t, this.options.nodeTag),
+      expiresAt: mutation.ttlMs === undefined ? 0 : this.now() + mutation.ttlMs,
+      retention: mutation.retention,
+      updatedAt: t.wall,
+    };
+  }
+
+  /** Sends the record to its replicas; resolves once the level's acknowledgements are in. */
+  private write(record: ContextRecord, level: Consistency): Promise<ContextRecord> {
+    const replicas = this.ring.replicas(record.key);
+    const required = level === 'strong' ? quorum(replicas.length) : 1;
+    return new Promise((resolve, reject) => {
+      let acks = 0;
+      let failures = 0;
+      let settled = false;
+      const reasons: string[] = [];
+      const finish = (err?: MeshError): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.writes.labels(level, err ? 'indeterminate' : 'acknowledged').inc();
+        if (err) reject(err);
+        else resolve(record);
+      };
+      const indeterminate = (why: string): MeshError =>
+        new MeshError(
+          'indeterminate',
+          `${level} write of ${record.key} (version ${record.version}) ${why}: ${acks} of ${replicas.length} replicas acknowledged, ${required} needed` +
+            (reasons.length ? ` (${reasons.join('; ')})` : ''),
+        );
+      const timer = setTimeout(() => finish(indeterminate(`timed out after ${this.config.writeTimeout} ms`)), this.config.writeTimeout);
+      if (replicas.length === 0) finish(indeterminate('has no replicas'));
+      for (const member of replicas) {
+        this.sendTo(member, record, true).then(
+          () => {
+            acks++;
+            if (acks >= required) finish();
+          },
+          (err: Error) => {
+            failures++;
+            reasons.push(`${member.id}: ${err.message}`);
+            if (replicas.length - failures < required) finish(indeterminate('failed'));
+          },
+        );
+      }
+    });
+  }
+
+  /** Applies locally or sends through the peer's link; a remote failure leaves a hint (when `hint`). */
+  private async sendTo(member: Member, record: ContextRecord, hint: boolean): Promise<ApplyOutcome> {
+    if (member.id === this.options.nodeId) return this.replica.apply(record);
+    try {
+      return await this.link(member.id).send(record);
+    } catch (err) {
+      if (hint && !this.closed) void this.hints.add(member.id, record);
+      throw err;
+    }
+  }
+
+  private link(peerId: string): PeerLink {
+    let link = this.links.get(peerId);
+    if (!link) {
+      link = new PeerLink(peerId, {
+        client: this.client,
+        membership: this.membership,
+        timeoutMs: this.config.peerTimeout,
+        // Leave room for the message's own framing under the peer's body limit.
+        maxBatchBytes: Math.max(1, this.config.maxMessageBytes - 1024),
+        retryAfterMs: this.config.hints.interval,
+        now: this.now,
+      });
+      this.links.set(peerId, link);
+    }
+    return link;
+  }
+
+  // ── listing ──────────────────────────────────────────────────────────────────────────────
+
+  /** Keys under `prefix` across every live member (each holds only its replicas), merged in order. */
+  async list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
+    const members = this.ring.liveIds().map((id) => this.membership.get(id)!).filter(Boolean);
+    const pages = await Promise.allSettled(
+      members.map(async (member) => {
+        if (member.id === this.options.nodeId) return this.replica.list(prefix, after, limit);
+        const response = PeerClient.ok(await this.client.call(member.address, LIST, { prefix, after, limit }, { timeoutMs: this.config.peerTimeout }), member.address, LIST);
+        return response.json<ListPage>();
+      }),
+    );
+    const answered = pages.filter((p): p is PromiseFulfilledResult<ListPage> => p.status === 'fulfilled').map((p) => p.value);
+    if (answered.length === 0) throw new MeshError('quorum_unavailable', `no member answered the listing of ${prefix}`);
+    // A member with more keys bounds the merged page: past its cursor, its next keys are unknown.
+    let bound: string | undefined;
+    for (const page of answered) if (page.next !== undefined && (bound === undefined || page.next < bound)) bound = page.next;
+    const merged = [...new Set(answered.flatMap((p) => p.keys))].filter((k) => bound === undefined || k <= bound).sort();
+    const keys = merged.slice(0, limit);
+    if (merged.length > limit || bound !== undefined) return { keys, next: keys.at(-1) ?? bound };
+    return { keys };
+  }
+
+  // ── hints, lag ───────────────────────────────────────────────────────────────────────────
+
+  private deliverHints(): void {
+    for (const peerId of this.hints.peerIds()) {
+      if (this.delivering.has(peerId)) continue;
+      const member = this.membership.get(peerId);
+      if (!member || member.state === 'dead') continue;
+      this.delivering.add(peerId);
+      void this.deliverTo(member).finally(() => this.delivering.delete(peerId));
+    }
+  }
+
+  private async deliverTo(member: Member): Promise<void> {
+    let delivered = 0;
+    try {
+      while (!this.closed) {
+        const batch = this.hints.take(member.id, this.config.maxMessageBytes - 1024);
+        if (batch.length === 0) break;
+        const body = encodeRecordList(batch.map((h) => h.record));
+        PeerClient.ok(await this.client.call(member.address, HINT_DELIVER, body, { timeoutMs: this.config.peerTimeout }), member.address, HINT_DELIVER);
+        this.hints.markDelivered(member.id, batch);
+        this.links.get(member.id)?.markUp();
+        delivered += batch.length;
+      }
+    } catch (err) {
+      this.logger.debug({ peer: member.id, err: (err as Error).message }, 'hint delivery failed; will retry');
+    }
+    if (delivered > 0) this.logger.info({ peer: member.id, delivered, left: this.hints.count(member.id) }, 'delivered hinted writes to a returning replica');
+  }
+
+  private peerIds(): string[] {
+    const ids = new Set<string>([...this.links.keys(), ...this.hints.peerIds()]);
+    for (const m of this.membership.members()) if (m.id !== this.options.nodeId) ids.add(m.id);
+    return [...ids].sort();
+  }
+
+  /** How far behind a peer is: undelivered bytes and the age of the oldest undelivered write. */
+  lag(peerId: string): { seconds: number; bytes: number } {
+    const backlog = this.links.get(peerId)?.backlog() ?? { bytes: 0, oldest: undefined };
+    const hinted = this.hints.oldest(peerId);
+    const oldest = backlog.oldest === undefined ? hinted : hinted === undefined ? backlog.oldest : Math.min(backlog.oldest, hinted);
+    return { seconds: oldest === undefined ? 0 : Math.max(0, this.now() - oldest) / 1_000, bytes: backlog.bytes + this.hints.bytes(peerId) };
+  }
+
+  private checkLag(): void {
+    for (const peerId of this.peerIds()) {
+      const lag = this.lag(peerId);
+      const behind = lag.seconds * 1_000 > this.config.lagWarning;
+      if (behind && !this.lagging.has(peerId)) {
+        this.lagging.add(peerId);
+        this.logger.warn({ peer: peerId, lagSeconds: lag.seconds, lagBytes: lag.bytes, hints: this.hints.count(peerId) }, 'replica is lagging past context.replication.lagWarning');
+      } else if (!behind && this.lagging.delete(peerId)) {
+        this.logger.info({ peer: peerId }, 'replica caught up');
+      }
+    }
+  }
+
+  // ── the rest ─────────────────────────────────────────────────────────────────────────────
+
+  private visible(record: ContextRecord | undefined): ContextRecord | undefined {
+    return record && !record.tombstone && !isExpired(record, this.now()) ? record : undefined;
+  }
+
+  stats(): StoreStats {
+    const peers = Object.fromEntries(this.peerIds().map((id) => [id, { ...this.lag(id), hints: this.hints.count(id), down: this.links.get(id)?.down ?? false }]));
+    return {
+      ...this.options.store.stats(),
+      replication: { factor: this.ring.size, members: this.ring.liveIds(), applied: this.replica.applied, stale: this.replica.stale, peers },
+    } as StoreStats;
+  }
+
+  /** Stops delivering; lets writes in flight to peers finish (bounded), keeps undelivered ones as hints. */
+  async close(timeoutMs = 1_000): Promise<void> {
+    if (this.closed) return;
+    clearInterval(this.timer);
+    await Promise.all([...this.links.values()].map((l) => l.idle(timeoutMs)));
+    // Writes still queued become hints (sendTo's failure path) before the hint files close.
+    for (const link of this.links.values()) link.abandon();
+    await new Promise((resolve) => setImmediate(resolve));
+    this.closed = true;
+    for (const name of [REPLICATE, HINT_DELIVER, READ, LIST, PEEK, PREPARE, ACCEPT]) this.options.peering.router.remove(name);
+    this.ring.close();
+    await this.hints.close();
+  }
+}
+
+function check(expected: Expectation, current: string | undefined, key: string): void {
+  if (!satisfies(expected, current)) {
+    throw new MeshError('precondition_failed', current === undefined ? `context ${key} does not exist` : `context ${key} is at version "${current}"`);
+  }
+}
+
+interface RoundResult<T> {
+  oks: Array<{ member: Member; value: T }>;
+  /** Answers that did not pass (a replica that promised a higher ballot). */
+  refusals: Array<{ member: Member; value: T }>;
+  failures: Array<{ member: Member; error: Error }>;
+  /** Calls still outstanding when the round resolved. */
+  pendingAfter: number;
+  late: Promise<Array<{ member: Member; value: T }>>;
+  /** Every answer, once the last call has settled. */
+  all: Promise<Pick<RoundResult<T>, 'oks' | 'refusals' | 'failures'>>;
+}
+
+/** The state `needed` answers hold at one ballot, if they do: it is on a quorum, so it stays. */
+function agreement(states: readonly AcceptorState[], needed: number): AcceptorState | undefined {
+  const counts = new Map<string, { state: AcceptorState; n: number }>();
+  for (const state of states) {
+    const id = `${state.record?.version ?? '-'}|${state.accepted ?? '-'}`;
+    const entry = counts.get(id) ?? { state, n: 0 };
+    entry.n++;
+    counts.set(id, entry);
+    if (entry.n >= needed) return entry.state;
+  }
+  return undefined;
+}
+
+/** The state accepted at the highest ballot (then the newest record). */
+function newestState(states: readonly AcceptorState[]): AcceptorState {
+  let best: AcceptorState = { record: undefined, accepted: undefined };
+  for (const state of states) {
+    if (state.accepted === undefined) continue;
+    const byBallot = best.accepted === undefined ? 1 : compareVersions(state.accepted, best.accepted);
+    if (byBallot > 0 || (byBallot === 0 && state.record && (!best.record || compareRecords(state.record, best.record) > 0))) best = state;
+  }
+  return best;
+}
+
+function tombstoneAt(key: string, ballot: Version, wall: number): ContextRecord {
+  return { key, value: Buffer.alloc(0), contentType: '', version: ballot, expiresAt: 0, retention: 'normal', updatedAt: wall, tombstone: true };
+}
+
+function isBallot(value: unknown): value is Version {
+  return typeof value === 'string' && value.includes('@') && versionTimestamp(value) !== undefined;
+}
+
+function describeFailures(failures: ReadonlyArray<{ member: Member; error: Error }>): string {
+  return failures.map((f) => `${f.member.id}: ${f.error.message}`).join('; ');
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A strong-operation message: `u32 length, JSON head, record list` (binary, values as stored). */
+function frame(head: object, records: ReadonlyArray<ContextRecord | undefined>): Buffer {
+  const json = Buffer.from(JSON.stringify(head));
+  const length = Buffer.allocUnsafe(4);
+  length.writeUInt32BE(json.length, 0);
+  return Buffer.concat([length, json, encodeRecordList(records)]);
+}
+
+function unframe<T>(body: Buffer, what: string): { head: T; records: Array<ContextRecord | undefined> } {
+  if (body.length < 4 || body.readUInt32BE(0) > body.length - 4) throw new MeshError('bad_request', `${what}: truncated message`);
+  const end = 4 + body.readUInt32BE(0);
+  return { head: parseJson<T>(body.subarray(4, end), what), records: decodeRecordList(body.subarray(end)) };
+}
+
+function parseJson<T>(body: Buffer, what: string): T {
+  try {
+    return JSON.parse(body.toString('utf8')) as T;
+  } catch {
+    throw new MeshError('bad_request', `${what}: body is not JSON`);
+  }
+}
