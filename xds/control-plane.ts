@@ -173,7 +173,9 @@ export class ControlPlane {
   private registerNode(node: AdsNode): (() => void) | undefined {
     const address = node.metadata[NODE_METADATA.address];
     if (address === undefined) return undefined;
-    if (!IpPortSchema.safeParse(address).success) {
+    // Canonical text, so that `[FD00:0::7]:15006` and `[fd00::7]:15006` register one endpoint.
+    const parsed = IpPortSchema.safeParse(address);
+    if (!parsed.success) {
       throw new Error(`node.metadata["${NODE_METADATA.address}"] must be ip:port, got ${JSON.stringify(address)}`);
     }
     if (!node.id) throw new Error('node.id is required to register');
@@ -185,7 +187,7 @@ export class ControlPlane {
     return this.store.attachStream({
       nodeId: node.id,
       service: node.cluster,
-      address: address as string,
+      address: parsed.data,
       zone: node.zone,
       incarnation: Number.isFinite(incarnation) ? incarnation : 0,
       priority: Number.isInteger(priority) && priority >= 0 && priority <= 7 ? priority : 0,

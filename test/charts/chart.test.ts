@@ -741,7 +741,33 @@ describe.skipIf(!HELM)(`helm chart ${CHART}`, () => {
     expect(config.health.reportTo).toBeUndefined();
   });
 
+  it('shares the control plane\'s store through Redis so that it can run more than one replica', () => {
+    const name = `${FULLNAME}-control-plane`;
+    const storeOf = (objects: K8sObject[]) => ControlPlaneConfigSchema.parse(parseYaml(find(objects, 'ConfigMap', name).data['control-plane.yaml'])).store;
+    expect(storeOf(render({}))).toMatchObject({ backend: 'memory' });
+    for (const [mode, values] of Object.entries(REDIS_SETS)) {
+      const objects = render({ ...values, controlPlane: { store: 'redis', replicas: 2 } });
+      validateAll(objects);
+      expect(find(objects, 'Deployment', name).spec.replicas).toBe(2);
+      // The same connection as the sidecars' L2.
+      expect(storeOf(objects), mode).toMatchObject({ backend: 'redis', url: sidecarConfig(objects).context.l2.url });
+    }
+    const fails = (values: object): string => {
+      const r = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '-f', valuesFile(values)]);
+      expect(r.status).not.toBe(0);
+      return r.stderr;
+    };
+    expect(fails({ controlPlane: { replicas: 2 } })).toMatch(/controlPlane.replicas > 1 needs controlPlane.store redis/);
+    expect(fails({ controlPlane: { store: 'redis' } })).toMatch(/controlPlane.store redis needs a Redis/);
+  });
+
+  it('passes an endpoint\'s hostname (the node id ring_hash places it by) to the sidecars', () => {
+    const objects = render({ mesh: { clusters: [{ name: 'chat', domains: ['chat'], lb: 'ring_hash', endpoints: [{ address: '10.0.0.5:15006', hostname: 'chat-0' }] }] } });
+    expect(sidecarConfig(objects).clusters.find((c: { name: string }) => c.name === 'chat').endpoints[0]).toMatchObject({ address: '10.0.0.5:15006', hostname: 'chat-0' });
+  });
+
   it.each([
+    [{ controlPlane: { store: 'etcd' } }, /\/controlPlane\/store/],
     [{ injector: { replicas: 'x' } }, /\/injector\/replicas.*got string, want integer/],
     [{ injector: { replica: 2 } }, /\/injector.*additional properties 'replica' not allowed/],
     [{ injector: { webhook: { failurePolicy: 'Sometimes' } } }, /\/injector\/webhook\/failurePolicy/],

@@ -62,6 +62,16 @@ describe('registration through the ADS node', () => {
     await expect(client.next(TYPE_URL.cluster)).rejects.toThrow(/ctxmesh\.address/);
   });
 
+  it('registers an IPv6 address in its canonical text, however the node wrote it', async () => {
+    const plane = await startControlPlane(closers);
+    const sidecar = sidecarStream(plane, 'node-v6', '[FD00:0:0::7]:25006', 'z1');
+    sidecar.request(TYPE_URL.clusterLoadAssignment, ['chat']);
+    const [assignment] = sidecar.decode(await sidecar.next(TYPE_URL.clusterLoadAssignment));
+    expect(assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address).toMatchObject({ address: 'fd00::7', port_value: 25006 });
+    expect(await endpoints(plane, 'chat')).toMatchObject([{ nodeId: 'node-v6', address: '[fd00::7]:25006' }]);
+    sidecar.close();
+  });
+
   it('keeps a heartbeat registration for one TTL per call', async () => {
     const plane = await startControlPlane(closers, { registration: { ttl: '300ms' } });
     const body = { nodeId: 'node-h', service: 'search', address: '127.0.0.1:26006', zone: 'z1' };

@@ -111,6 +111,14 @@ admin:
   address: {{ $cp.listenAddress | quote }}
 services:
   {{- toYaml $cp.services | nindent 2 }}
+store:
+{{- if eq $cp.store "redis" }}
+  {{- if eq .Values.redis.mode "none" }}{{ fail "controlPlane.store redis needs a Redis: set redis.mode (external, sentinel or cluster)" }}{{ end }}
+  {{- include "ctxmesh.redisL2" . | nindent 2 }}
+{{- else }}
+  {{- if gt (int $cp.replicas) 1 }}{{ fail "controlPlane.replicas > 1 needs controlPlane.store redis: replicas with in-memory stores would serve different registries" }}{{ end }}
+  backend: memory
+{{- end }}
 registration:
   ttl: {{ $cp.registrationTtl }}
 health:
