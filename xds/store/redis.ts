@@ -16,9 +16,10 @@
 // single declaration nor a monotonic epoch can be promised without the store; registrations are
 // applied to the mirror provisionally and written back, with what the mirror knew, once Redis
 // answers again — which also restores the shared state if Redis came back empty.
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { MeshError } from '../../src/errors/table.js';
-import { clusterNodes, connectionOptions, nodeOptions, parseRedisUrl, redact, type ParsedRedisUrl } from '../../src/state/cache/redis-url.js';
+import { connectCommands, connectSubscriber, knownMasters } from '../../src/state/cache/redis-connect.js';
+import { parseRedisUrl, redact, type ParsedRedisUrl } from '../../src/state/cache/redis-url.js';
 import type { Logger } from '../../src/telemetry/logger.js';
 import type { HealthReport } from '../health/quorum.js';
 import type { EndpointHealth } from '../resources.js';
@@ -419,40 +420,14 @@ export class RedisRegistryStore implements RegistryStore {
     return Math.random() * Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** Math.max(0, times - 1));
   }
 
-  private commonOptions(): RedisOptions {
-    return {
+  private createClient(): Redis | Cluster {
+    const client = connectCommands(this.parsed, {
       connectTimeout: this.options.connectTimeout,
       commandTimeout: this.options.commandTimeout,
-      // Fail fast: a write that cannot be made now is refused or kept for write-back, not queued.
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
-      autoResendUnfulfilledCommands: false,
-    };
-  }
-
-  private createClient(): Redis | Cluster {
-    const backoff = (times: number): number => this.backoff(times);
-    let client: Redis | Cluster;
-    if (this.parsed.mode === 'cluster') {
-      const clusterOptions: ClusterOptions = {
-        enableOfflineQueue: false,
-        clusterRetryStrategy: backoff,
-        clusterNodeRetryStrategy: backoff,
-        slotsRefreshTimeout: this.options.commandTimeout,
-        redisOptions: { ...nodeOptions(this.parsed), ...this.commonOptions() },
-        scripts: SCRIPTS,
-      };
-      client = new Cluster(clusterNodes(this.parsed), clusterOptions);
-    } else {
-      client = new Redis({
-        ...connectionOptions(this.parsed),
-        ...this.commonOptions(),
-        scripts: SCRIPTS,
-        retryStrategy: backoff,
-        sentinelRetryStrategy: backoff,
-        connectionName: `ctxmesh-control-plane:${process.pid}`,
-      });
-    }
+      backoff: (times) => this.backoff(times),
+      connectionName: `ctxmesh-control-plane:${process.pid}`,
+      scripts: SCRIPTS,
+    });
     client.on('error', (err: Error) => {
       this.lastError = err.message;
     });
@@ -479,18 +454,12 @@ export class RedisRegistryStore implements RegistryStore {
 
   /** Change notices from other replicas; its own connection, since a subscribed one runs nothing else. */
   private createSubscriber(): Redis {
-    const parsed = this.parsed;
-    const options: RedisOptions =
-      parsed.mode === 'cluster' ? { ...nodeOptions(parsed), host: parsed.nodes[0]!.host, port: parsed.nodes[0]!.port } : connectionOptions(parsed);
-    const sub = new Redis({
-      ...options,
+    const sub = connectSubscriber(this.parsed, {
       connectTimeout: this.options.connectTimeout,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
-      autoResubscribe: false,
-      retryStrategy: (times) => this.backoff(times),
-      sentinelRetryStrategy: (times) => this.backoff(times),
+      commandTimeout: this.options.commandTimeout,
+      backoff: (times) => this.backoff(times),
       connectionName: `ctxmesh-control-plane:${process.pid}:sub`,
+      nodes: () => knownMasters(this.client),
     });
     sub.on('error', () => undefined);
     sub.on('ready', () => {

@@ -11,13 +11,14 @@
 // gets MeshError l2_unavailable at once and decides (serve stale, queue, 503). Reconnection runs in
 // the background with exponential backoff and full jitter.
 import { EventEmitter } from 'node:events';
-import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type RedisOptions, type Result } from 'ioredis';
+import { Cluster, type ChainableCommander, type Redis, type Result } from 'ioredis';
 import { MeshError } from '../../errors/table.js';
 import type { Logger } from '../../telemetry/logger.js';
 import { decodeRecord, encodeRecord, isExpired, type ContextRecord } from '../record.js';
 import type { Version } from '../version.js';
 import { ANY, type Expectation, type L2Tier, type ListPage, type WriteOutcome } from './l2.js';
-import { clusterNodes, connectionOptions, nodeOptions, parseRedisUrl, redact, type ParsedRedisUrl } from './redis-url.js';
+import { connectCommands, connectSubscriber, knownMasters } from './redis-connect.js';
+import { parseRedisUrl, redact, type ParsedRedisUrl } from './redis-url.js';
 
 export interface RedisL2Options {
   url: string;
@@ -37,8 +38,6 @@ export interface RedisL2Options {
   random?: () => number;
 }
 
-// Per-command retries would hide an outage behind latency; the caller owns the retry policy.
-const MAX_RETRIES_PER_REQUEST = 0;
 /** ms `close()` waits for QUIT before dropping the sockets. */
 const QUIT_TIMEOUT_MS = 250;
 
@@ -341,45 +340,15 @@ export class RedisL2 extends EventEmitter implements L2Tier {
     return this.random() * Math.min(reconnectMax, reconnectBase * 2 ** Math.max(0, times - 1));
   }
 
-  private commonOptions(): RedisOptions {
-    return {
+  private createClient(): Redis | Cluster {
+    const client = connectCommands(this.parsed, {
       connectTimeout: this.options.connectTimeout,
       commandTimeout: this.options.commandTimeout,
-      maxRetriesPerRequest: MAX_RETRIES_PER_REQUEST,
-      // A write in flight when the link broke may or may not have run: resending it could apply
-      // it twice, after writes that followed it. The caller sees the failure instead.
-      autoResendUnfulfilledCommands: false,
-    };
-  }
-
-  private createClient(): Redis | Cluster {
-    const backoff = (times: number): number => this.backoff(times);
-    let client: Redis | Cluster;
-    if (this.parsed.mode === 'cluster') {
-      const clusterOptions: ClusterOptions = {
-        enableOfflineQueue: false,
-        enableAutoPipelining: true,
-        clusterRetryStrategy: backoff,
-        // Without it a node that restarts in place is never dialled again until a MOVED.
-        clusterNodeRetryStrategy: backoff,
-        slotsRefreshTimeout: this.options.commandTimeout,
-        redisOptions: { ...nodeOptions(this.parsed), ...this.commonOptions() },
-        scripts: SCRIPTS,
-      };
-      client = new Cluster(clusterNodes(this.parsed), clusterOptions);
-    } else {
-      client = new Redis({
-        ...connectionOptions(this.parsed),
-        ...this.commonOptions(),
-        scripts: SCRIPTS,
-        enableOfflineQueue: false,
-        // Concurrent GETs from many requests leave in one write and one round trip.
-        enableAutoPipelining: true,
-        retryStrategy: backoff,
-        sentinelRetryStrategy: backoff,
-        connectionName: `ctxmesh:${this.options.instanceId}`,
-      });
-    }
+      backoff: (times) => this.backoff(times),
+      connectionName: `ctxmesh:${this.options.instanceId}`,
+      scripts: SCRIPTS,
+      autoPipelining: true,
+    });
     client.on('error', (err: Error) => {
       this.lastError = err.message;
       this.options.logger?.debug({ err: err.message }, 'l2 redis connection error');
@@ -395,39 +364,16 @@ export class RedisL2 extends EventEmitter implements L2Tier {
   }
 
   /**
-   * The invalidation link: its own connection, since a subscribed RESP2 connection can run no other
-   * command. It subscribes on every `ready` itself (autoResubscribe off) so that `link(true)` means
-   * the SUBSCRIBE was acknowledged, not merely that a socket opened. In Cluster mode, PUBLISH
-   * reaches every node's subscribers, so one plain connection to any node hears every write; each
-   * reconnect attempt dials the next known master so that a node that stays down is left behind.
+   * The invalidation link. It subscribes on every `ready` itself so that `link(true)` means the
+   * SUBSCRIBE was acknowledged, not merely that a socket opened.
    */
   private createSubscriber(): Redis {
-    const parsed = this.parsed;
-    let options: RedisOptions;
-    if (parsed.mode === 'cluster') {
-      const first = parsed.nodes[0]!;
-      options = { ...nodeOptions(parsed), host: first.host, port: first.port };
-    } else {
-      options = connectionOptions(parsed);
-    }
-    let rotation = 0;
-    const sub = new Redis({
-      ...options,
+    const sub = connectSubscriber(this.parsed, {
       connectTimeout: this.options.connectTimeout,
       commandTimeout: this.options.commandTimeout,
-      maxRetriesPerRequest: MAX_RETRIES_PER_REQUEST,
-      enableOfflineQueue: false,
-      autoResubscribe: false,
+      backoff: (times) => this.backoff(times),
       connectionName: `ctxmesh:${this.options.instanceId}:sub`,
-      retryStrategy: (times) => {
-        if (parsed.mode === 'cluster') {
-          const next = this.nextSubscriberNode(++rotation);
-          sub.options.host = next.host;
-          sub.options.port = next.port;
-        }
-        return this.backoff(times);
-      },
-      sentinelRetryStrategy: (times) => this.backoff(times),
+      nodes: () => knownMasters(this.client),
     });
     sub.on('error', (err: Error) => {
       this.options.logger?.debug({ err: err.message }, 'l2 redis subscriber error');
@@ -447,15 +393,6 @@ export class RedisL2 extends EventEmitter implements L2Tier {
     sub.on('close', () => this.setLink(false));
     sub.on('message', (channel: string, message: string) => this.onInvalidation(channel, message));
     return sub;
-  }
-
-  private nextSubscriberNode(rotation: number): { host: string; port: number } {
-    const known =
-      this.client instanceof Cluster
-        ? this.client.nodes('master').map((n) => ({ host: n.options.host!, port: n.options.port! }))
-        : [];
-    const candidates = known.length > 0 ? known : (this.parsed as Extract<ParsedRedisUrl, { mode: 'cluster' }>).nodes;
-    return candidates[rotation % candidates.length]!;
   }
 
   private onInvalidation(channel: string, message: string): void {
