@@ -7,13 +7,9 @@
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import path from 'node:path';
 import tls from 'node:tls';
+import { FileWatch } from '../tls/file-watch.js';
 
-/** Quiet time after a file event, so a certificate and key written one after the other are read as one pair. */
-export const SERVING_CERT_RELOAD_DEBOUNCE_MS = 100;
-/** Stat polling interval; catches symlink swaps and renames a directory watch can miss. */
-export const SERVING_CERT_POLL_INTERVAL_MS = 1_000;
 
 export interface ServingCertPaths {
   cert: string;
@@ -81,10 +77,7 @@ function readPem(file: string, what: string): Buffer {
 
 /** The pair in force, reloaded when its files change. */
 export class ServingCertificate extends EventEmitter<ServingCertEvents> {
-  private directoryWatchers: fs.FSWatcher[] = [];
-  private readonly polledFiles: string[] = [];
-  private reloadTimer: NodeJS.Timeout | undefined;
-  private watching = false;
+  private fileWatch: FileWatch | undefined;
 
   private constructor(
     readonly paths: Readonly<ServingCertPaths>,
@@ -118,47 +111,15 @@ export class ServingCertificate extends EventEmitter<ServingCertEvents> {
     return true;
   }
 
-  /** Starts reloading whenever a file changes. Idempotent; keeps nothing alive by itself. */
+  /** Starts reloading whenever one of the files changes. Idempotent. Keeps nothing alive by itself. */
   watch(): void {
-    if (this.watching) return;
-    this.watching = true;
-    const files = [...new Set([this.paths.cert, this.paths.key].map((f) => path.resolve(f)))];
-    // The directory, not the files: a file watch follows an inode that a rename or the kubelet's
-    // `..data` symlink swap replaces, after which it never fires again.
-    for (const directory of new Set(files.map((f) => path.dirname(f)))) {
-      try {
-        const watcher = fs.watch(directory, { persistent: false }, () => this.scheduleReload());
-        watcher.on('error', () => watcher.close());
-        this.directoryWatchers.push(watcher);
-      } catch {
-        // No inotify here: polling alone covers it.
-      }
-    }
-    for (const file of files) {
-      fs.watchFile(file, { persistent: false, interval: SERVING_CERT_POLL_INTERVAL_MS }, this.onPolledChange);
-      this.polledFiles.push(file);
-    }
+    this.fileWatch ??= new FileWatch([this.paths.cert, this.paths.key], () => this.reload());
   }
 
+  /** Stops watching; the current material stays usable. */
   close(): void {
-    this.watching = false;
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = undefined;
-    for (const watcher of this.directoryWatchers.splice(0)) watcher.close();
-    for (const file of this.polledFiles.splice(0)) fs.unwatchFile(file, this.onPolledChange);
+    this.fileWatch?.close();
+    this.fileWatch = undefined;
   }
 
-  private readonly onPolledChange = (current: fs.Stats, previous: fs.Stats): void => {
-    if (current.mtimeMs !== previous.mtimeMs || current.ino !== previous.ino || current.size !== previous.size) this.scheduleReload();
-  };
-
-  private scheduleReload(): void {
-    if (!this.watching) return;
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = setTimeout(() => {
-      this.reloadTimer = undefined;
-      if (this.watching) this.reload();
-    }, SERVING_CERT_RELOAD_DEBOUNCE_MS);
-    this.reloadTimer.unref();
-  }
 }

@@ -9,14 +9,10 @@
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import path from 'node:path';
 import tls from 'node:tls';
+import { FileWatch } from './file-watch.js';
 import { spiffeIdOf, trustDomainOf } from './spiffe.js';
 
-/** Quiet time after a file event before reloading, so that cert, key and CA written in quick succession are read as one set. */
-export const RELOAD_DEBOUNCE_MS = 100;
-/** Stat polling interval; catches the atomic renames and k8s `..data` symlink swaps that fs.watch can miss. */
-export const POLL_INTERVAL_MS = 1_000;
 
 export interface IdentityPaths {
   cert: string;
@@ -62,10 +58,7 @@ interface IdentityMaterial {
 
 export class MeshIdentity extends EventEmitter<IdentityEvents> {
   private material: IdentityMaterial;
-  private directoryWatchers: fs.FSWatcher[] = [];
-  private readonly polledFiles: string[] = [];
-  private reloadTimer: NodeJS.Timeout | undefined;
-  private watching = false;
+  private fileWatch: FileWatch | undefined;
 
   private constructor(
     readonly paths: Readonly<IdentityPaths>,
@@ -138,53 +131,15 @@ export class MeshIdentity extends EventEmitter<IdentityEvents> {
 
   /** Starts reloading whenever one of the files changes. Idempotent. Keeps nothing alive by itself. */
   watch(): void {
-    if (this.watching) return;
-    this.watching = true;
-    const files = [this.paths.cert, this.paths.key, this.paths.ca].map((file) => path.resolve(file));
-
-    // Watch the directories, not the files: a file watch follows the inode, which an atomic
-    // rename or a symlink swap replaces, after which it never fires again.
-    for (const directory of new Set(files.map((file) => path.dirname(file)))) {
-      try {
-        const watcher = fs.watch(directory, { persistent: false }, () => this.scheduleReload());
-        // A directory that is itself replaced errors the watcher; polling still covers it.
-        watcher.on('error', () => watcher.close());
-        this.directoryWatchers.push(watcher);
-      } catch {
-        // Missing directory or no inotify slots: polling alone will have to do.
-      }
-    }
-    for (const file of new Set(files)) {
-      fs.watchFile(file, { persistent: false, interval: POLL_INTERVAL_MS }, this.onPolledChange);
-      this.polledFiles.push(file);
-    }
+    this.fileWatch ??= new FileWatch([this.paths.cert, this.paths.key, this.paths.ca], () => this.reload());
   }
 
   /** Stops watching; the current material stays usable. */
   close(): void {
-    this.watching = false;
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = undefined;
-    for (const watcher of this.directoryWatchers) watcher.close();
-    this.directoryWatchers = [];
-    for (const file of this.polledFiles.splice(0)) fs.unwatchFile(file, this.onPolledChange);
+    this.fileWatch?.close();
+    this.fileWatch = undefined;
   }
 
-  private readonly onPolledChange = (current: fs.Stats, previous: fs.Stats): void => {
-    if (current.mtimeMs !== previous.mtimeMs || current.ino !== previous.ino || current.size !== previous.size) {
-      this.scheduleReload();
-    }
-  };
-
-  private scheduleReload(): void {
-    if (!this.watching) return;
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = setTimeout(() => {
-      this.reloadTimer = undefined;
-      if (this.watching) this.reload();
-    }, RELOAD_DEBOUNCE_MS);
-    this.reloadTimer.unref();
-  }
 }
 
 function loadMaterial(paths: Readonly<IdentityPaths>, now: Date): IdentityMaterial {
