@@ -17,6 +17,7 @@ import { MeshIdentity } from './tls/identity.js';
 import { MutableMembership, type Member } from './membership/membership.js';
 import { PeerClient } from './peer/client.js';
 import { PeerRouter, isSidecarIdentity } from './peer/router.js';
+import { Fencing } from './peer/fencing.js';
 import { XdsClient } from './xds-client/ads-client.js';
 import { DynamicClusters } from './xds-client/dynamic-clusters.js';
 import { syncMembership } from './xds-client/membership-sync.js';
@@ -24,6 +25,8 @@ import type { EndpointGroup } from './xds-client/translate.js';
 import type { ClusterConfig } from './config/schema.js';
 import { VERSION } from './cli/version.js';
 import { HealthMonitor } from './membership/health-monitor.js';
+import { Handover } from './membership/handover.js';
+import { healthReportTarget } from './membership/health-reporter.js';
 import { FAULTS_ENV, PeerFaults, faultsArmed } from './state/replication/faults.js';
 import { membershipAdmin } from './state/replication/rebalance.js';
 import { advertisedAddress } from './config/host-port.js';
@@ -49,6 +52,11 @@ export interface SidecarPorts {
 export class Sidecar implements AdminTarget {
   ready = false;
   draining = false;
+  /**
+   * This run's incarnation (its start time, ms): registered with the control plane and the failure
+   * detector's starting incarnation alike, so reports about an earlier run are told apart.
+   */
+  readonly incarnation = Date.now();
   readonly ports: SidecarPorts = { inbound: 0, outbound: 0, admin: 0, context: 0 };
   /** The local state agent (context API, L1/L2, WAL); undefined when context.enabled is false. */
   state: StateAgent | undefined;
@@ -58,12 +66,26 @@ export class Sidecar implements AdminTarget {
   readonly peerClient: PeerClient;
   /** The member set: self, then context.replication.peers (later: xDS and health updates). */
   readonly membership: MutableMembership;
+  /** Ownership epochs on peer calls (src/peer/fencing.ts): stale senders refused, writes refused while fenced. */
+  readonly fencing: Fencing;
   /** The failure detector (health.*); undefined when it is off. */
   health: HealthMonitor | undefined;
   /** The xDS client; undefined without `xds.server`. */
   xds: XdsClient | undefined;
   private router: Router;
   private drained: Promise<void> | undefined;
+  /** The drain's context handover (created on first use: the state agent exists by then). */
+  private handover_: Handover | undefined;
+  get handover(): Handover {
+    this.handover_ ??= new Handover({
+      membership: this.membership,
+      antiEntropy: this.state?.antiEntropy,
+      controlPlane: this.config.xds ? healthReportTarget(this.config) : undefined,
+      service: this.config.node.cluster,
+      logger: this.logger.child({ component: 'drain' }),
+    });
+    return this.handover_;
+  }
   /** Clusters learnt over xDS beside the static ones (set in start). */
   private dynamic!: DynamicClusters;
 
@@ -77,8 +99,9 @@ export class Sidecar implements AdminTarget {
     private readonly outbound: Server,
     private readonly inbound: Server,
     private readonly admin: Server,
-    peering: { peers: PeerRouter; peerClient: PeerClient; membership: MutableMembership },
+    peering: { peers: PeerRouter; peerClient: PeerClient; membership: MutableMembership; fencing: Fencing },
   ) {
+    this.fencing = peering.fencing;
     this.peers = peering.peers;
     this.peerClient = peering.peerClient;
     this.membership = peering.membership;
@@ -94,7 +117,7 @@ export class Sidecar implements AdminTarget {
     let health: HealthMonitor | undefined;
     // The health monitor's own evidence steers endpoint choice before any control-plane push.
     const unreachable = (address: string): boolean => health?.isUnreachable(address) ?? false;
-    const deps: ClusterDeps = { identity, metrics, logger, clock: options.clock, random: options.random, unreachable };
+    const deps: ClusterDeps = { identity, metrics, logger, clock: options.clock, random: options.random, unreachable, localZone: config.node.zone };
     const clusters = config.clusters.map((c) => new Cluster(c, deps));
     const app = new Cluster(appClusterConfig(config), deps);
 
@@ -105,8 +128,9 @@ export class Sidecar implements AdminTarget {
     // The peer fault switch exists only when the environment arms it (tests, chaos drills).
     const faults = faultsArmed() ? new PeerFaults(config.node.id, (id) => sidecar?.membership.get(id)?.address) : undefined;
     if (faults) logger.warn({ env: FAULTS_ENV }, 'peer fault switch armed: POST /faults on the admin API can cut this sidecar off from peers');
-    const peers = new PeerRouter({ maxBodyBytes: replication.maxMessageBytes, logger, faults });
-    const peerClient = new PeerClient(identity, { connectTimeoutMs: replication.connectTimeout, timeoutMs: replication.peerTimeout, maxResponseBytes: replication.maxMessageBytes, faults });
+    const fencing = new Fencing(config.node.id);
+    const peers = new PeerRouter({ maxBodyBytes: replication.maxMessageBytes, logger, faults, fencing });
+    const peerClient = new PeerClient(identity, { connectTimeoutMs: replication.connectTimeout, timeoutMs: replication.peerTimeout, maxResponseBytes: replication.maxMessageBytes, faults, fencing });
     const membership = new MutableMembership(
       selfMember(config, config.inbound.port),
       replication.peers.map((p): Member => ({ id: p.id, address: p.address, state: 'alive', epoch: 0 })),
@@ -124,7 +148,7 @@ export class Sidecar implements AdminTarget {
       drain: () => sidecar!.drain(),
       faults: () => faults,
       members: () => (sidecar!.state?.antiEntropy ? membershipAdmin(sidecar!.membership, sidecar!.state.antiEntropy) : undefined),
-    }), { peers, peerClient, membership });
+    }), { peers, peerClient, membership, fencing });
     sidecar.dynamic = new DynamicClusters(clusters, deps, logger);
 
     identity.on('rotated', (id) => logger.info({ spiffeId: id, notAfter: identity.notAfter }, 'identity rotated'));
@@ -133,14 +157,14 @@ export class Sidecar implements AdminTarget {
 
     try {
       if (config.context.enabled) {
-        sidecar.state = await StateAgent.start(config, { logger, metrics, random: options.random, peering: { router: peers, client: peerClient, membership } });
+        sidecar.state = await StateAgent.start(config, { logger, metrics, random: options.random, peering: { router: peers, client: peerClient, membership }, fencing });
         sidecar.ports.context = sidecar.state.port;
       }
       sidecar.ports.outbound = await listen(outbound, config.outbound.port, config.outbound.address);
       sidecar.ports.inbound = await listen(inbound, config.inbound.port, config.inbound.address);
       membership.upsert(selfMember(config, sidecar.ports.inbound));
       if (HealthMonitor.wanted(config)) {
-        health = sidecar.health = HealthMonitor.start({ config, membership, peers, peerClient, state: sidecar.state, logger, metrics });
+        health = sidecar.health = HealthMonitor.start({ config, membership, peers, peerClient, state: sidecar.state, logger, metrics, incarnation: sidecar.incarnation });
       }
       sidecar.ports.admin = await listen(sidecar.admin, config.admin.port, ADMIN_ADDRESS);
     } catch (err) {
@@ -163,13 +187,13 @@ export class Sidecar implements AdminTarget {
 
   /** Follows the EDS of this sidecar's own service into the member set. */
   applyXdsMembership(group: EndpointGroup): void {
-    syncMembership(this.membership, group, this.config.context.replication.peers.map((p) => p.id));
+    syncMembership(this.membership, group, this.config.context.replication.peers.map((p) => p.id), this.fencing);
   }
 
   private async startXds(xds: NonNullable<SidecarConfig['xds']>): Promise<void> {
     const client = new XdsClient({
       server: xds.server,
-      node: { id: this.config.node.id, cluster: this.config.node.cluster, zone: this.config.node.zone, address: this.membership.self.address, version: VERSION },
+      node: { id: this.config.node.id, cluster: this.config.node.cluster, zone: this.config.node.zone, address: this.membership.self.address, version: VERSION, incarnation: this.incarnation },
       reconnect: { baseMs: xds.reconnect.base, maxMs: xds.reconnect.max },
       logger: this.logger.child({ component: 'xds' }),
       metrics: this.metricsRegistry,
@@ -211,6 +235,8 @@ export class Sidecar implements AdminTarget {
     return {
       clusters: [...this.clusterList.map((c) => c.describe()), ...this.dynamic.current.map((c) => ({ ...c.describe(), source: 'xds' }))],
       inbound_app: this.app.describe(),
+      fencing: this.fencing.status(),
+      handover: this.handover.status(),
       members: this.health?.describe() ?? { self: this.membership.self, members: this.membership.members().filter((m) => m.id !== this.membership.self.id) },
     };
   }
@@ -232,6 +258,9 @@ export class Sidecar implements AdminTarget {
   private async runDrain(): Promise<void> {
     this.draining = true;
     this.ready = false;
+    // Ownership first, while the listeners and the xDS stream still work: the keys held here go to
+    // their next owners (src/membership/handover.ts); requests keep being served meanwhile.
+    await this.handover.run(performance.now() + this.config.drainTimeout);
     this.xds?.close();
     this.logger.info({ inFlight: this.inFlight, timeoutMs: this.config.drainTimeout }, 'draining');
     const closing = [closeServer(this.outbound), closeServer(this.inbound)];

@@ -20,6 +20,8 @@
 #   BENCH_OTHER_WAIT=900       seconds to wait for other benchmarks (wrk, redis-benchmark, bench/*) to end
 #   BENCH_QUIET_PCT=10 BENCH_QUIET_WAIT=30     then wait (up to 30 s) for the machine to be <= 10 % busy
 #   BENCH_SKIP_BUILD=1  BENCH_KEEP_TMP=1  BENCH_CTXMESH_CLI=path
+#   BENCH_CKPT_SIDECAR_NODE_FLAGS="--trace-gc --cpu-prof"   node flags of the pause test's sidecar
+#                              (profiles go to TMP/prof, GC traces to TMP/logs/sidecar.log; use with BENCH_KEEP_TMP=1)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -161,7 +163,10 @@ EOF
   sync
   [[ $EUID -eq 0 ]] && echo 3 >/proc/sys/vm/drop_caches
   wait_quiet
-  $(pin "$SERVER_CPU") node "$CLI" sidecar -c "$TMP/sidecar.yaml" >"$TMP/logs/sidecar.log" 2>&1 &
+  SIDECAR_FLAGS="${BENCH_CKPT_SIDECAR_NODE_FLAGS:-}"
+  [[ " $SIDECAR_FLAGS " == *" --cpu-prof "* ]] && SIDECAR_FLAGS="$SIDECAR_FLAGS --cpu-prof-dir $TMP/prof"
+  # shellcheck disable=SC2086 # the flags are words
+  $(pin "$SERVER_CPU") node $SIDECAR_FLAGS "$CLI" sidecar -c "$TMP/sidecar.yaml" >"$TMP/logs/sidecar.log" 2>&1 &
   SRV_PID=$!; PIDS+=("$SRV_PID")
   T0=$SECONDS
   until curl -fsS "http://127.0.0.1:$P_ADMIN/ready" >/dev/null 2>&1; do

@@ -8,24 +8,27 @@
 // Two sidecars in this process (dist/), replicating to each other over real mTLS on 127.0.0.1
 // (RF=2: both hold every key; memory L2, WAL fsync none, the interval off so only measured rounds
 // run). Both are filled with the same --keys records straight through their replica stores. Then,
-// per round: --diverged-pct of the keys get a newer version on sidecar B only (straight into its
-// store, as writes that replication missed), and
+// per round, each on a fresh --diverged-pct of the keys given a newer version on sidecar B only
+// (straight into its store, as writes that replication missed):
 //   ae     sidecar A runs one anti-entropy round with B (summary, walk down the differing subtrees,
 //          entries of the differing leaves, records of the differing keys both ways): wall time,
-//          messages, bytes both ways, keys repaired; the two trees must be equal afterwards;
-//   naive  A sends B every record it holds through the `replicate` peer call in batches up to
-//          maxMessageBytes, and B applies each if newer — what repairing without trees costs
+//          messages, bytes both ways, keys repaired;
+//   naive  B sends A every record it holds through the `replicate` peer call in batches up to
+//          maxMessageBytes, and A applies each if newer — what repairing without trees costs
 //          (one direction only, so it is a lower bound of a two-way full exchange).
+// After each, every diverged key must hold B's version on A and the two trees must be equal.
 // Prints one line per measurement and a summary with the medians and the naive/ae ratios.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
-const dist = (p) => import(join(ROOT, 'dist/src', p));
+// The build under test: BENCH_CTXMESH_CLI (…/dist/src/cli/main.js) names it, as in the other benchmarks.
+const DIST_SRC = process.env.BENCH_CTXMESH_CLI ? resolve(dirname(resolve(process.env.BENCH_CTXMESH_CLI)), '..') : join(ROOT, 'dist/src');
+const dist = (p) => import(join(DIST_SRC, p));
 const { SidecarConfigSchema } = await dist('config/schema.js');
 const { Sidecar } = await dist('sidecar.js');
 const { createLogger } = await dist('telemetry/logger.js');
@@ -119,43 +122,61 @@ if (aeA.index.treeFor('bench-b').root() !== aeB.index.treeFor('bench-a').root())
 
 const results = [];
 let generation = 0;
-for (let round = 1; round <= ROUNDS; round++) {
-  // A fresh 1% each round, spread over the key space.
+const treesEqual = () => aeA.index.treeFor('bench-b').root() === aeB.index.treeFor('bench-a').root();
+/** A fresh DIVERGED keys, spread over the key space, get a newer version on B only. */
+async function diverge() {
   generation++;
   const offset = Math.floor(Math.random() * KEYS);
   const stride = Math.max(1, Math.floor(KEYS / DIVERGED));
-  const diverged = Array.from({ length: DIVERGED }, (_, k) => (offset + k * stride) % KEYS);
+  const keys = Array.from({ length: DIVERGED }, (_, k) => keyOf((offset + k * stride) % KEYS));
   const newer = Buffer.alloc(VALUE_BYTES, String(generation % 10));
-  await inBatches(diverged.length, (k) => aeB.replica.apply(stamp(B, 'bench-b', keyOf(diverged[k]), newer)));
+  await inBatches(keys.length, (k) => aeB.replica.apply(stamp(B, 'bench-b', keys[k], newer)));
+  if (treesEqual()) throw new Error('the divergence did not change the trees');
+  return keys;
+}
+/** Every key of the list holds B's value on A too. */
+async function checkRepaired(keys, what) {
+  const [onA, onB] = await Promise.all([aeA.replica.readMany(keys), aeB.replica.readMany(keys)]);
+  const wrong = keys.filter((_, i) => !onA[i] || !onB[i] || onA[i].version !== onB[i].version).length;
+  if (wrong > 0 || !treesEqual()) throw new Error(`${what}: ${wrong} of ${keys.length} diverged keys still differ`);
+}
 
+for (let round = 1; round <= ROUNDS; round++) {
+  // Anti-entropy: A starts one round with B, which holds the newer 1%.
+  let keys = await diverge();
   started = performance.now();
   const stats = await aeA.requestRound('bench-b');
   const aeMs = performance.now() - started;
   if (stats.result !== 'repaired') throw new Error(`round ${round}: ${stats.result} ${stats.error ?? ''}`);
-  if (aeA.index.treeFor('bench-b').root() !== aeB.index.treeFor('bench-a').root()) throw new Error(`round ${round}: trees still differ`);
+  await checkRepaired(keys, `round ${round} anti-entropy`);
   const aeBytes = stats.bytesSent + stats.bytesReceived;
   log(
     `round ${round} ae:    ${aeMs.toFixed(0).padStart(6)} ms  keys differing ${stats.keysDiffering} (diverged ${DIVERGED}), repaired ${stats.repairedHere + stats.repairedThere}, ` +
       `entries compared ${stats.entriesCompared}, leaves ${stats.leavesDiffering}, nodes ${stats.nodesCompared}, messages ${stats.messages}, bytes ${aeBytes} (sent ${stats.bytesSent}, received ${stats.bytesReceived})`,
   );
 
-  // Naive: every record of A to B, batched up to the message bound, applied if newer.
+  // Naive, on a fresh 1%: the replica that holds the newer versions (B) sends A every record it
+  // holds through the `replicate` peer call, batched up to the message bound; A applies each if
+  // newer. What repairing costs without trees (one direction only: a lower bound of a two-way
+  // full exchange, which a divergence on both sides would need).
+  keys = await diverge();
   started = performance.now();
-  const maxBatch = A.config?.context?.replication?.maxMessageBytes ?? 16 * 1024 ** 2;
+  const maxBatch = B.config?.context?.replication?.maxMessageBytes ?? 16 * 1024 ** 2;
   let naiveBytes = 0;
   let naiveMessages = 0;
   let naiveRecords = 0;
-  const address = `127.0.0.1:${ports['bench-b']}`;
+  let naiveRepaired = 0;
+  const address = `127.0.0.1:${ports['bench-a']}`;
   for (let i = 0; i < KEYS; i += 4096) {
-    const keys = Array.from({ length: Math.min(4096, KEYS - i) }, (_, j) => keyOf(i + j));
-    const records = (await aeA.replica.readMany(keys)).filter(Boolean);
+    const records = (await aeB.replica.readMany(Array.from({ length: Math.min(4096, KEYS - i) }, (_, j) => keyOf(i + j)))).filter(Boolean);
     let batch = [];
     let bytes = 0;
     const flush = async () => {
       if (batch.length === 0) return;
       const body = encodeRecordList(batch);
-      const response = await A.peerClient.call(address, 'replicate', body, { timeoutMs: 60_000 });
+      const response = await B.peerClient.call(address, 'replicate', body, { timeoutMs: 60_000 });
       if (response.status !== 200) throw new Error(`replicate answered ${response.status}`);
+      naiveRepaired += response.json().outcomes.filter((o) => o === 'applied').length;
       naiveBytes += body.length + response.body.length;
       naiveMessages++;
       naiveRecords += batch.length;
@@ -171,8 +192,13 @@ for (let round = 1; round <= ROUNDS; round++) {
     await flush();
   }
   const naiveMs = performance.now() - started;
-  log(`round ${round} naive: ${naiveMs.toFixed(0).padStart(6)} ms  records ${naiveRecords}, messages ${naiveMessages}, bytes ${naiveBytes}`);
-  results.push({ round, ae: { ms: aeMs, bytes: aeBytes, ...stats }, naive: { ms: naiveMs, bytes: naiveBytes, messages: naiveMessages, records: naiveRecords } });
+  await checkRepaired(keys, `round ${round} naive`);
+  log(`round ${round} naive: ${naiveMs.toFixed(0).padStart(6)} ms  records ${naiveRecords}, repaired ${naiveRepaired}, messages ${naiveMessages}, bytes ${naiveBytes}`);
+  results.push({
+    round,
+    ae: { ms: aeMs, bytes: aeBytes, ...stats },
+    naive: { ms: naiveMs, bytes: naiveBytes, messages: naiveMessages, records: naiveRecords, repaired: naiveRepaired },
+  });
 }
 
 const median = (xs) => {
@@ -187,7 +213,10 @@ const summary = {
   keys: KEYS,
   valueBytes: VALUE_BYTES,
   diverged: DIVERGED,
+  divergedPct: Number(values['diverged-pct']),
   rounds: ROUNDS,
+  // Every round's diverged keys were checked equal on both replicas after each repair.
+  allRepaired: results.length === ROUNDS,
   median: { aeMs, naiveMs, aeBytes, naiveBytes, keysDiffering: median(results.map((r) => r.ae.keysDiffering)) },
   ratio: { time: naiveMs / aeMs, bytes: naiveBytes / aeBytes },
 };
@@ -198,3 +227,4 @@ log(
 if (values.json) writeFileSync(values.json, JSON.stringify({ summary, results }, null, 2));
 
 for (const sidecar of Object.values(sidecars)) await sidecar.close();
+rmSync(work, { recursive: true, force: true });

@@ -68,7 +68,7 @@ Examples:
     .action((options: TargetOptions & { reason?: string }) => runReporting(() => create(options)));
 
   withTarget(checkpoint.command('list'))
-    .description('list checkpoints, oldest first: id, kind, parent, created, WAL position, reason, flags')
+    .description('list checkpoints, oldest first: id, kind, parent, created, WAL position, reason, flags, frontier (newest write per origin node)')
     .addHelpText('after', examples('ctxmesh checkpoint list -c sidecar.yaml', 'ctxmesh checkpoint list --dir ./data/node-a --json'))
     .action((options: TargetOptions) => runReporting(() => list(options)));
 
@@ -159,8 +159,9 @@ async function list(options: TargetOptions): Promise<void> {
     String(h.lsn),
     h.reason ?? '-',
     flagsOf(h).join(',') || '-',
+    formatFrontier(h.frontier),
   ]);
-  print(table(['ID', 'KIND', 'PARENT', 'CREATED', 'LSN', 'REASON', 'FLAGS'], rows));
+  print(table(['ID', 'KIND', 'PARENT', 'CREATED', 'LSN', 'REASON', 'FLAGS', 'FRONTIER'], rows));
 }
 
 async function verify(options: TargetOptions & { key?: string }): Promise<void> {
@@ -184,6 +185,8 @@ async function verify(options: TargetOptions & { key?: string }): Promise<void> 
   })`;
   const lines = report.ok ? [`ok: ${read} read through without a problem`] : [`${count(problems.length, 'problem')} found in ${target.dir}:`, ...problems.map((p) => `  - ${p}`)];
   if (report.key && report.ok) lines.push(`key ${report.key.key}: no records left (0 in snapshots, 0 in the WAL)`);
+  const newest = report.snapshots.at(-1);
+  if (newest?.lsn !== undefined) lines.push(`newest checkpoint ${newest.id}: WAL LSN ${newest.lsn}, frontier ${formatFrontier(newest.frontier)}`);
   print(lines);
 }
 
@@ -332,6 +335,8 @@ interface HeaderView {
   compression?: string;
   encrypted?: boolean;
   redacted?: boolean;
+  /** Per origin node, the newest HLC timestamp (`<wall>.<logical>`) of a write the checkpoint reflects. */
+  frontier?: Record<string, string>;
 }
 
 interface SnapshotSummaryView {
@@ -343,10 +348,16 @@ interface SnapshotSummaryView {
 
 interface VerifyView {
   ok: boolean;
-  snapshots: Array<{ id: string; ok: boolean; records?: number; error?: string; chainComplete?: boolean }>;
+  snapshots: Array<{ id: string; ok: boolean; lsn?: number; frontier?: Record<string, string>; records?: number; error?: string; chainComplete?: boolean }>;
   unreadable?: Array<{ path: string; error: string }>;
   wal: { records: number; firstLsn: number; lastLsn: number; torn?: { segment: string; offset: number; reason: string } } | { error: string };
   key?: { key: string; snapshotRecords: number; walRecords: number; snapshots: string[] };
+}
+
+/** `node-a=<wall>.<logical>,node-b=…`: what the checkpoint has seen from each node ('-': no writes). */
+function formatFrontier(frontier: Record<string, string> | undefined): string {
+  const entries = Object.entries(frontier ?? {});
+  return entries.length === 0 ? '-' : entries.map(([node, t]) => `${node}=${t}`).join(',');
 }
 
 function flagsOf(header: HeaderView): string[] {

@@ -292,6 +292,22 @@ const ContextSchema = z.strictObject({
       allow: z.array(z.string().min(1)).default([]),
       /** Default consistency per key prefix, longest prefix first wins; else `consistency`. Default []. */
       levels: z.array(z.strictObject({ prefix: z.string(), consistency: z.enum(['strong', 'session', 'eventual']) })).default([]),
+      /**
+       * How concurrent writes to a key are reconciled, per key prefix (longest prefix wins; keys no
+       * entry matches use lww): lww (last writer by HLC) | json-merge (JSON merged member by member,
+       * message lists as a union by id in timestamp order) | siblings (every concurrent version kept
+       * until resolved through /v1/conflicts). Default [].
+       */
+      conflicts: z
+        .array(
+          z.strictObject({
+            prefix: z.string(),
+            strategy: z.enum(['lww', 'json-merge', 'siblings']),
+            /** Concurrent versions kept per key (json-merge, siblings); past it the oldest by HLC are dropped (logged, counted). Default 8. */
+            maxSiblings: z.number().int().min(1).max(64).default(8),
+          }),
+        )
+        .default([]),
       /** Time a strong or session write may wait for its acknowledgements before answering indeterminate. Default 2s. */
       writeTimeout: duration().default(2_000),
       /** Time one peer call (replicate, read, hint delivery) may take. Default 1s. */

@@ -12,6 +12,7 @@ export const ERRORS = {
   no_route: { status: 404, message: 'no route for this host' },
   not_found: { status: 404, message: 'not found' },
   method_not_allowed: { status: 405, message: 'method not allowed' },
+  stale_epoch: { status: 409, message: 'peer call refused: the sender’s ownership epoch is older than the one the control plane gave this member for it (fenced)' },
   not_mergeable: { status: 409, message: 'the stored value is not a JSON object that a merge patch can apply to' },
   request_timeout: { status: 408, message: 'request was not received in time' },
   precondition_failed: { status: 412, message: 'the context has a different version than If-Match names' },
@@ -34,6 +35,7 @@ export const ERRORS = {
   write_queue_full: { status: 503, message: 'the write-behind queue is full' },
   upstream_timeout: { status: 504, message: 'upstream did not respond in time' },
   quorum_unavailable: { status: 503, message: 'too few replicas of the context answered for the requested consistency' },
+  fenced: { status: 503, message: 'this sidecar lost its ownership epoch (declared failed or superseded) and takes no writes until the control plane re-admits it' },
   indeterminate: { status: 504, message: 'the write reached too few replicas in time: it may or may not take effect' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

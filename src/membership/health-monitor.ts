@@ -23,6 +23,8 @@ export interface HealthMonitorOptions {
   state: StateAgent | undefined;
   logger: Logger;
   metrics: MeshMetrics;
+  /** This sidecar's incarnation, the one it registers with at the control plane (default 0). */
+  incarnation?: number;
 }
 
 export class HealthMonitor {
@@ -48,6 +50,7 @@ export class HealthMonitor {
       deepCheck: options.state ? contextPathCheck(options.state.store, config.node.id) : undefined,
       logger: log,
       metrics: options.metrics,
+      ...(options.incarnation !== undefined ? { incarnation: options.incarnation } : {}),
     });
     registerProbeHandlers(options.peers, prober);
     const target = healthReportTarget(config);

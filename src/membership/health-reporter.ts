@@ -78,7 +78,12 @@ export class HealthReporter {
     for (const row of this.options.prober.describe()) {
       const status = reportedStatus(this.options.prober.stateOf(row.id));
       if (status === undefined) continue;
-      if (status === 'alive' ? this.changed.has(row.id) : row.witnessed) reports.push({ subject: row.id, status, incarnation: row.incarnation });
+      // `row.state` is the member set's, where the control plane's declaration lands: a member it
+      // holds failed that our own probes find alive (past any hold-down) is vouched for every
+      // interval, not once — else a declaration made on doubts that cleared before it (a burst of
+      // load) would stand for good, since nothing changes here to report again.
+      const vouch = status === 'alive' && (this.changed.has(row.id) || row.state === 'dead');
+      if (status === 'alive' ? vouch : row.witnessed) reports.push({ subject: row.id, status, incarnation: row.incarnation });
     }
     return reports;
   }

@@ -130,6 +130,12 @@ export interface HealthProberOptions {
   metrics?: MeshMetrics;
   scheduler?: Scheduler;
   random?: Random;
+  /**
+   * This member's starting incarnation. The sidecar passes the incarnation it registers with at the
+   * control plane (its start time), so a restarted sidecar's first message already refutes what the
+   * peers held against its previous run, and reports about that run are recognisably older. Default 0.
+   */
+  incarnation?: number;
 }
 
 export class HealthProber extends EventEmitter<ProberEvents> {
@@ -164,6 +170,7 @@ export class HealthProber extends EventEmitter<ProberEvents> {
     this.random = options.random ?? Math.random;
     this.suspicionMinMs = this.config.suspicionMinTimeout ?? Math.round(this.config.suspicionTimeout / 3);
     this.gossip = new GossipBuffer(() => this.peers.size + 1);
+    this.incarnation = options.incarnation ?? 0;
     this.syncMembers();
     options.membership.on('change', this.onMembershipChange);
   }
@@ -280,6 +287,10 @@ export class HealthProber extends EventEmitter<ProberEvents> {
     this.emit('probe', record.id, result);
     if (result === 'ack' || result === 'indirect_ack') {
       if (expectedAlive) this.adjustLocalHealth(-1);
+      // It answers: our own evidence against it is gone, even while it stays dead or held down
+      // here until it refutes at a higher incarnation. Without this, a member that is back (a
+      // restart, a resumed pause) would go on being reported failed and be declared again.
+      record.witnessed = false;
       return;
     }
     // Only a missed ack of a member believed alive says anything about our own health.

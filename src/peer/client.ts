@@ -11,6 +11,7 @@ import { Pool } from '../proxy/upstream/undici.js';
 import type { MeshIdentity } from '../tls/identity.js';
 import { PEER_PATH_PREFIX } from './router.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
+import { Fencing, type FenceVerdict } from './fencing.js';
 
 const require = createRequire(import.meta.url);
 /** undici's request API, without the rest of undici's entry point (see ../proxy/upstream/undici.ts). */
@@ -38,6 +39,8 @@ export interface PeerClientOptions {
   maxResponseBytes?: number;
   /** The fault switch (CTXMESH_FAULTS=1 only): calls to blocked peers fail as unreachable. */
   faults?: PeerFaults;
+  /** Ownership epochs: every call carries ours; a 409 stale_epoch answer fences this sidecar. */
+  fencing?: Fencing;
 }
 
 export interface PeerCallOptions {
@@ -53,6 +56,7 @@ export class PeerClient {
   private readonly connections: number;
   private readonly maxResponseBytes: number;
   private readonly faults: PeerFaults | undefined;
+  private readonly fencing: Fencing | undefined;
   private closed = false;
 
   constructor(identity: MeshIdentity, options: PeerClientOptions = {}) {
@@ -61,6 +65,7 @@ export class PeerClient {
     this.connections = options.connections ?? DEFAULT_CONNECTIONS;
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.faults = options.faults;
+    this.fencing = options.fencing;
     this.connector = meshConnector(identity, this.connectTimeoutMs);
   }
 
@@ -85,6 +90,7 @@ export class PeerClient {
           'content-type': Buffer.isBuffer(body) ? 'application/octet-stream' : 'application/json',
           'content-length': String(payload.length),
           ...(this.faults ? { [PEER_NODE_HEADER]: this.faults.selfId } : {}),
+          ...this.fencing?.headers(),
         },
         body: payload,
         signal,
@@ -93,6 +99,15 @@ export class PeerClient {
       });
       const bytes = await readBounded(response.body, this.maxResponseBytes, address, name);
       const error = response.headers[ERROR_HEADER];
+      if (this.fencing && response.statusCode < 300 && Fencing.judges(name)) this.fencing.acceptedBy(address);
+      if (error === 'stale_epoch' && this.fencing) {
+        try {
+          const verdict = (JSON.parse(bytes.toString('utf8')) as { fence?: FenceVerdict }).fence;
+          if (verdict) this.fencing.refusedBy(address, verdict);
+        } catch {
+          // Not our body: no verdict to act on; the refusal still fails the call.
+        }
+      }
       return {
         status: response.statusCode,
         body: bytes,

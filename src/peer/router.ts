@@ -4,10 +4,11 @@
 // callers and the app never sees peer traffic.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sendError } from '../errors/respond.js';
-import { MeshError, toMeshError } from '../errors/table.js';
+import { ERROR_HEADER, MeshError, toMeshError } from '../errors/table.js';
 import type { Logger } from '../telemetry/logger.js';
 import { isAllowed, trustDomainOf } from '../tls/spiffe.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
+import type { Fencing } from './fencing.js';
 
 export const PEER_PATH_PREFIX = '/.ctxmesh/peer/';
 /** Default bound on a peer request body (context.replication.maxMessageBytes). */
@@ -30,6 +31,8 @@ export interface PeerRouterOptions {
   logger?: Logger;
   /** The fault switch (CTXMESH_FAULTS=1 only): calls from blocked peers are cut off. */
   faults?: PeerFaults;
+  /** Ownership epochs: calls from a sender with a stale epoch are refused (409 stale_epoch). */
+  fencing?: Fencing;
 }
 
 export class PeerRouter {
@@ -38,11 +41,13 @@ export class PeerRouter {
   maxBodyBytes: number;
   private readonly logger: Logger | undefined;
   private readonly faults: PeerFaults | undefined;
+  private readonly fencing: Fencing | undefined;
 
   constructor(options: PeerRouterOptions = {}) {
     this.maxBodyBytes = options.maxBodyBytes ?? DEFAULT_PEER_MAX_BODY_BYTES;
     this.logger = options.logger;
     this.faults = options.faults;
+    this.fencing = options.fencing;
   }
 
   add(name: string, handler: PeerHandler): void {
@@ -95,6 +100,17 @@ export class PeerRouter {
       throw new MeshError('not_found', `no peer handler "${name}" on this sidecar`);
     }
     const body = await readBounded(req, this.maxBodyBytes);
+    const verdict = this.fencing?.judge(name, req);
+    if (verdict) {
+      // Before the handler: nothing of a fenced sender's call is applied. The verdict goes back so
+      // the sender knows which epoch it must learn before it acknowledges writes again.
+      this.logger?.warn({ call: name, ...verdict }, 'peer call refused: stale ownership epoch (fenced)');
+      const refusal = new MeshError('stale_epoch', `node ${verdict.node} called ${name} with epoch ${verdict.epoch}; this member holds epoch ${verdict.knownEpoch} (${verdict.knownState}) for it`);
+      const bytes = Buffer.from(JSON.stringify({ error: refusal.code, message: refusal.message, fence: verdict }));
+      res.writeHead(refusal.status, ['content-type', 'application/json', 'content-length', String(bytes.length), ERROR_HEADER, refusal.code]);
+      res.end(bytes);
+      return;
+    }
     const reply = await handler(body, caller);
     const status = reply.status ?? 200;
     if (reply.body === undefined) {

@@ -17,8 +17,10 @@ import { MemoryL2 } from './cache/memory-l2.js';
 import { RedisL2 } from './cache/redis-l2.js';
 import { ENTRY_IN_L2, ENTRY_PENDING_L2, decodeWalEntry, keyCovered, withKind } from './checkpoint/entries.js';
 import { eraseFromSnapshots, redactKey, scanForKey, writeAudit, type EraseReport, type KeyScan } from './checkpoint/erase.js';
+import { FrontierTrackingL2 } from './checkpoint/frontier.js';
 import { CheckpointManager, restoreMetrics } from './checkpoint/manager.js';
 import { rebuild } from './checkpoint/rebuild.js';
+import { RestoreCatchUp, clearRestoreMarker, readRestoreMarker } from './checkpoint/restore-catch-up.js';
 import { loadEncryptionKey, verifySnapshot, type SnapshotSummary } from './checkpoint/snapshot-file.js';
 import { Wal } from './checkpoint/wal.js';
 import { LocalStore } from './local-store.js';
@@ -29,6 +31,7 @@ import { HintStore } from './replication/hints.js';
 import { ReplicaStore } from './replication/replica-store.js';
 import { Replicator, consistencyResolver, type Peering } from './replication/replicator.js';
 import { AntiEntropy } from './replication/anti-entropy.js';
+import { fencedWrites, type Fencing } from '../peer/fencing.js';
 
 const API_ADDRESS = '127.0.0.1';
 /** How often the list of hottest keys is saved for the next start's warming. */
@@ -44,6 +47,8 @@ export interface StateAgentOptions {
   peering?: Peering;
   random?: () => number;
   now?: () => number;
+  /** Ownership epochs (src/peer/fencing.ts): while fenced, replicated writes are refused with 503 fenced. */
+  fencing?: Fencing;
 }
 
 export class StateAgent {
@@ -59,6 +64,8 @@ export class StateAgent {
   replicator: Replicator | undefined;
   /** Merkle-tree rounds with replica peers and rebalancing when placement changes (with the replicator). */
   antiEntropy: AntiEntropy | undefined;
+  /** After an offline restore, with replication: the anti-entropy rounds bringing back later writes. */
+  restoreCatchUp: RestoreCatchUp | undefined;
 
   private constructor(
     private readonly config: SidecarConfig,
@@ -79,7 +86,7 @@ export class StateAgent {
     const l2: L2Tier =
       ctx.l2.backend === 'redis'
         ? new RedisL2({ ...ctx.l2, url: ctx.l2.url!, instanceId: `${nodeTag}-${randomBytes(4).toString('hex')}`, logger, random: options.random })
-        : new MemoryL2(options.now);
+        : new FrontierTrackingL2(options.now);
     const encryptionKey = ctx.checkpoint.encryptionKeyFile === undefined ? undefined : loadEncryptionKey(ctx.checkpoint.encryptionKeyFile);
     const wal = await Wal.open({ dir: join(dir, 'wal'), ...ctx.wal });
     if (wal.openReport.torn) logger.warn({ torn: wal.openReport.torn }, 'WAL: cut a torn or corrupt tail; recovered up to the last valid record');
@@ -108,7 +115,7 @@ export class StateAgent {
     const ready = l2.ready().catch((err: Error) => logger.warn({ err: err.message }, 'L2 not reachable at start; continuing, it will be retried'));
     const restoreStarted = performance.now();
     let flushed = readNumber(join(dir, FLUSHED_FILE));
-    if (l2 instanceof MemoryL2) {
+    if (l2 instanceof FrontierTrackingL2) {
       const report = await rebuild({ dir, encryptionKey, replay: (after, onRecord) => wal.replay(after, onRecord) }, { kind: 'latest' }, {
         reset: () => l2.clear(),
         apply: (record) => {
@@ -126,9 +133,8 @@ export class StateAgent {
         config: ctx.checkpoint,
         wal,
         l2,
-        nodeTag,
         coveredLsn: () => (writeBehind ? (agent?.flushedLsn ?? flushed) : wal.lastLsn),
-        frontier: () => store.clock.current,
+        frontier: () => l2.frontier.toRecord(),
         encryptionKey,
         registry: options.metrics.registry,
         logger,
@@ -160,7 +166,7 @@ export class StateAgent {
           })
         : undefined;
     const server = createContextApiServer({
-      store: replicator ?? store,
+      store: replicator ? (options.fencing ? fencedWrites(replicator, options.fencing) : replicator) : store,
       config: ctx,
       limits: config.limits,
       defaultConsistency: ctx.replication.consistency,
@@ -178,11 +184,14 @@ export class StateAgent {
             ring: replicator.ring,
             peering: options.peering,
             list: (prefix, after, limit) => store.list(prefix, after, limit),
+            l1: store.l1,
+            warmBudgetBytes: ctx.warm.maxBytes,
             logger,
             registry: options.metrics.registry,
           })
         : undefined;
     agent.flushedLsn = flushed;
+    agent.restoreCatchUp = await catchUpAfterRestore(dir, agent.antiEntropy, config, logger);
     agent.checkpoints = checkpoints;
     agent.encryptionKey = encryptionKey;
     store.start();
@@ -283,10 +292,11 @@ export class StateAgent {
   /** Reads every snapshot through and checks the WAL: what `ctxmesh checkpoint verify` reports online. */
   verifyCheckpoints(key?: string): Promise<{ ok: boolean; snapshots: object[]; wal: object; key?: KeyScan }> {
     const run = async () => {
-      const snapshots: Array<{ id: string; ok: boolean; records?: number; error?: string }> = [];
+      const snapshots: Array<{ id: string; ok: boolean; lsn: number; frontier: Record<string, string>; records?: number; error?: string }> = [];
       for (const entry of (await this.checkpoints?.list()) ?? []) {
         const result = await verifySnapshot(entry.path, { key: this.encryptionKey });
-        snapshots.push(result.ok ? { id: entry.header.id, ok: true, records: result.summary.records } : { id: entry.header.id, ok: false, error: result.error.message });
+        const { id, lsn, frontier } = entry.header;
+        snapshots.push(result.ok ? { id, ok: true, lsn, frontier, records: result.summary.records } : { id, ok: false, lsn, frontier, error: result.error.message });
       }
       // The WAL is read from its oldest retained segment (older ones are trimmed after checkpoints).
       const first = (await this.wal.segments())[0];
@@ -351,7 +361,9 @@ export class StateAgent {
       clearInterval(this.hotKeysTimer);
       this.server.closeAllConnections();
       await new Promise<void>((done) => (this.server.listening ? this.server.close(() => done()) : done()));
+      const catchUpStopped = this.restoreCatchUp?.close();
       await this.antiEntropy?.close();
+      await catchUpStopped;
       await this.replicator?.close();
       await this.store.close(flushTimeoutMs);
       await this.checkpoints?.close();
@@ -362,6 +374,22 @@ export class StateAgent {
     })();
     return this.closed;
   }
+}
+
+/**
+ * A restore (offline) left a marker: with replication, rounds with every peer bring back what was
+ * written after the restored point; without it there is nobody to ask, and the marker goes.
+ */
+async function catchUpAfterRestore(dir: string, antiEntropy: AntiEntropy | undefined, config: SidecarConfig, logger: Logger): Promise<RestoreCatchUp | undefined> {
+  const marker = readRestoreMarker(dir);
+  if (!marker) return undefined;
+  if (!antiEntropy) {
+    await clearRestoreMarker(dir);
+    logger.info({ checkpoint: marker.checkpoint }, 'restored state loaded; no replication peers to catch up from');
+    return undefined;
+  }
+  const peers = [...new Set([...config.context.replication.peers.map((p) => p.id), ...antiEntropy.index.members])].filter((id) => id !== config.node.id);
+  return new RestoreCatchUp({ dir, marker, peers, round: (peer) => antiEntropy.requestRound(peer), logger });
 }
 
 /**

@@ -3,10 +3,13 @@
 // state (HEALTHY alive, UNHEALTHY dead, DRAINING draining) and its epoch the control plane's.
 // Peers from the config file that EDS does not list stay, as static clusters stay beside xDS.
 import type { Member, MutableMembership } from '../membership/membership.js';
+import type { Fencing } from '../peer/fencing.js';
 import { endpointMembers, type EndpointGroup } from './translate.js';
 
-export function syncMembership(membership: MutableMembership, group: EndpointGroup, staticPeerIds: readonly string[]): void {
+export function syncMembership(membership: MutableMembership, group: EndpointGroup, staticPeerIds: readonly string[], fencing?: Fencing): void {
   const fromXds = endpointMembers(group);
+  // The control plane's epochs as stated, before local doubt is mixed in: fencing judges by them.
+  fencing?.observe(fromXds);
   const listed = new Set(fromXds.map((m) => m.id));
   const peers: Member[] = fromXds.filter((m) => m.id !== membership.self.id).map((m) => keepLocalDoubt(m, membership.get(m.id)));
   for (const id of staticPeerIds) {

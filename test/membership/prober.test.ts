@@ -377,6 +377,60 @@ describe('HealthProber over an in-memory network', () => {
     mesh.close();
   });
 
+  it('a member held down but answering is no longer first-hand evidence: it is not reported as failed', async () => {
+    const mesh = new TestMesh(['a', 'b', 'c'], { flapBackoff: { base: '3s', max: '8s' } });
+    mesh.start();
+    await mesh.scheduler.advance(300);
+    mesh.isolate('c');
+    await mesh.scheduler.until(() => mesh.node('a').prober.describe().find((m) => m.id === 'c')!.status === 'dead', 5_000, 'c dead');
+    expect(mesh.node('a').prober.describe().find((m) => m.id === 'c')!.witnessed).toBe(true);
+    mesh.heal();
+    const healedAt = mesh.scheduler.now();
+    // a probes c again during the hold-down and gets acks.
+    await mesh.scheduler.until(
+      () => mesh.node('a').probes.some((p) => p.target === 'c' && p.at > healedAt && p.result === 'ack'),
+      5_000,
+      'a to get an ack from c',
+    );
+    const row = mesh.node('a').prober.describe().find((m) => m.id === 'c')!;
+    // Still held out of traffic, but not reported (the reporter sends only witnessed failures).
+    expect(row.state).toBe('dead');
+    expect(row.hold_down_remaining_ms).toBeGreaterThan(0);
+    expect(row.witnessed).toBe(false);
+    mesh.close();
+  });
+
+  it('a member restarted with a higher starting incarnation is believed on its first message', async () => {
+    const mesh = new TestMesh(['a', 'b', 'c']);
+    mesh.start();
+    await mesh.scheduler.advance(300);
+    mesh.isolate('c');
+    await mesh.scheduler.until(() => mesh.node('a').prober.describe().find((m) => m.id === 'c')!.status === 'dead', 5_000, 'c dead');
+    const before = mesh.node('a').prober.describe().find((m) => m.id === 'c')!.incarnation;
+    // "Restart" c: a fresh prober starting at a (start-time) incarnation above anything of the old run.
+    const c = mesh.node('c');
+    c.prober.close();
+    const restarted = new HealthProber({
+      membership: c.membership,
+      transport: { ping: () => new Promise(() => {}), pingReq: () => new Promise(() => {}) },
+      config: HealthSchema.parse({ interval: '100ms', probeTimeout: '40ms' }),
+      logger: pino({ level: 'silent' }),
+      scheduler: mesh.scheduler,
+      incarnation: 1_000_000,
+    });
+    c.prober = restarted;
+    mesh.heal();
+    // a's next ping reaches the new run; its ack carries the new incarnation and refutes at once.
+    await mesh.scheduler.until(() => mesh.node('a').prober.describe().find((m) => m.id === 'c')!.status === 'alive', 5_000, 'c refuted by its restart');
+    const row = mesh.node('a').prober.describe().find((m) => m.id === 'c')!;
+    expect(before).toBeLessThan(1_000_000);
+    expect(row.incarnation).toBe(1_000_000);
+    expect(row.witnessed).toBe(false);
+    expect(restarted.incarnation).toBe(1_000_000);
+    restarted.close();
+    mesh.close();
+  });
+
   it('fails the deep check of a member whose context path is stuck, and readmits it once it works', async () => {
     const mesh = new TestMesh(['a', 'b', 'c'], { deepCheckEvery: 3 });
     mesh.start();

@@ -143,6 +143,54 @@ describe('round trip', () => {
     expect(file.subarray(blockAt + FRAME_HEAD_BYTES, blockAt + FRAME_HEAD_BYTES + expected.length).equals(expected)).toBe(true);
   });
 
+  it('encodes every metadata shape exactly as encodeKeyedRecord does (escaped and non-ASCII content types, odd numbers)', async () => {
+    const dir = tempDir();
+    const base = makeRecords(1)[0]!;
+    const records: ContextRecord[] = [
+      { ...base, key: 'a', contentType: 'text/plain; charset="utf-8"' },
+      { ...base, key: 'b', contentType: 'x/back\\slash\u0001\n', retention: 'critical' },
+      { ...base, key: 'c', contentType: 'application/ü-😀', version: '1700000000000.0@nöde', expiresAt: 0, updatedAt: 0 },
+      { ...base, key: 'd', contentType: '', tombstone: true, value: Buffer.alloc(0), version: '', expiresAt: 9_007_199_254_740_991 },
+      { ...base, key: 'e', expiresAt: 1.5, updatedAt: -3 },
+      ...Array.from({ length: 300 }, (_, i) => ({ ...base, key: `many/${i}`, contentType: `type/${i}` })),
+    ];
+    await write(join(dir, 's.snap'), records);
+    const file = readFileSync(join(dir, 's.snap'));
+    const blockAt = PRELUDE_BYTES + file.readUInt32LE(12) + 4;
+    const expected = Buffer.concat(records.flatMap((r) => {
+      const keyed = encodeKeyedRecord(r);
+      const length = Buffer.alloc(4);
+      length.writeUInt32LE(keyed.length);
+      return [length, keyed];
+    }));
+    expect(file.subarray(blockAt + FRAME_HEAD_BYTES, blockAt + FRAME_HEAD_BYTES + expected.length).equals(expected)).toBe(true);
+    expect(await readAll(join(dir, 's.snap'))).toEqual(records);
+  });
+
+  it('with sync, flushes the file every syncEveryBytes while writing, not only at the end', async () => {
+    const dir = tempDir();
+    const counted = (syncs: { count: number }): Partial<WriteSnapshotOptions> => ({
+      blockBytes: 16 * 1024,
+      openFile: async (p) => {
+        const file = await open(p, 'w');
+        return { write: (buf: Buffer) => file.write(buf), sync: () => (syncs.count++, file.sync()), close: () => file.close() };
+      },
+    });
+    const records = makeRecords(4_000);
+    const every = { count: 0 };
+    const summary = await write(join(dir, 'a.snap'), records, { ...counted(every), sync: true, syncEveryBytes: 64 * 1024 });
+    // One per 64 KiB written (whole blocks, so a little more apart), plus the final one.
+    expect(every.count).toBeGreaterThanOrEqual(Math.floor(summary.bytes / (64 * 1024 + 16 * 1024)));
+    expect(every.count).toBeLessThanOrEqual(Math.ceil(summary.bytes / (64 * 1024)) + 1);
+    const endOnly = { count: 0 };
+    await write(join(dir, 'b.snap'), records, { ...counted(endOnly), sync: true, syncEveryBytes: 0 });
+    expect(endOnly.count).toBe(1);
+    const none = { count: 0 };
+    await write(join(dir, 'c.snap'), records, { ...counted(none), sync: false, syncEveryBytes: 64 * 1024 });
+    expect(none.count).toBe(0);
+    expect(await readAll(join(dir, 'a.snap'))).toEqual(records);
+  });
+
   it('writes a canonical header from a spread one and rejects an inconsistent one', async () => {
     const dir = tempDir();
     const read = { ...(await write(join(dir, 'a.snap'), [], { key: KEY })).header, stray: 1 };

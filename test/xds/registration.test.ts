@@ -136,6 +136,33 @@ describe('health declaration and drain', () => {
     expect((await endpoints(plane, 'chat')).find((x) => x.nodeId === 'e')).toMatchObject({ health: 'HEALTHY', epoch: 2 });
   });
 
+  it('a restarted member is not declared again by reports about its previous run (regression)', async () => {
+    const plane = await startControlPlane(closers, { registration: { ttl: '60s' } });
+    await fiveMembers(plane);
+    await adminPost(plane, '/v1/register', { nodeId: 'e', service: 'chat', address: '127.0.0.1:25004', zone: 'z1', incarnation: 100 });
+    const accuse = (observer: string, incarnation: number) =>
+      adminPost(plane, '/v1/health/reports', { observer, reports: [{ subject: 'e', status: 'dead', incarnation }] });
+    for (const observer of ['a', 'b', 'c']) await accuse(observer, 100);
+    expect((await endpoints(plane, 'chat')).find((x) => x.nodeId === 'e')).toMatchObject({ health: 'UNHEALTHY', epoch: 1 });
+
+    // e restarts: a higher incarnation clears the declaration.
+    await adminPost(plane, '/v1/register', { nodeId: 'e', service: 'chat', address: '127.0.0.1:25004', zone: 'z1', incarnation: 200 });
+    expect((await endpoints(plane, 'chat')).find((x) => x.nodeId === 'e')).toMatchObject({ health: 'HEALTHY', epoch: 2 });
+    // Its peers still hold it down and repeat what they saw of the previous run: ignored, not a new declaration.
+    for (const observer of ['a', 'b', 'c', 'd']) {
+      const result = (await accuse(observer, 100)).body.results[0];
+      expect(result).toMatchObject({ outcome: 'ignored' });
+      expect(result.reason).toMatch(/stale: about incarnation 100, registered 200/);
+    }
+    expect((await endpoints(plane, 'chat')).find((x) => x.nodeId === 'e')).toMatchObject({ health: 'HEALTHY', epoch: 2 });
+    const { failovers } = await adminGet<{ failovers: any[] }>(plane, '/v1/failovers');
+    expect(failovers.filter((f) => f.kind === 'declared' && f.nodeId === 'e')).toHaveLength(1);
+
+    // Suspicion about the new run still counts: a real second failure is declared.
+    for (const observer of ['a', 'b', 'c']) await accuse(observer, 200);
+    expect((await endpoints(plane, 'chat')).find((x) => x.nodeId === 'e')).toMatchObject({ health: 'UNHEALTHY', epoch: 3 });
+  });
+
   it('drains an endpoint, and answers bad requests through the error table', async () => {
     const plane = await startControlPlane(closers, { services: [{ name: 'chat', endpoints: [{ address: '127.0.0.1:25006' }] }] });
     const drained = await adminPost(plane, '/v1/endpoints/drain', { service: 'chat', address: '127.0.0.1:25006', reason: 'rollout' });

@@ -38,9 +38,13 @@ export class FailureDeclarer {
       else if (!target) outcomes.push({ subject, outcome: 'ignored', reason: `subject ${subject} is not a registered member` });
       else if (target.service !== observer.service) outcomes.push({ subject, outcome: 'ignored', reason: `observer and subject are in different services` });
       else if (subject === batch.observer) outcomes.push({ subject, outcome: 'ignored', reason: 'a member cannot report on itself' });
-      else {
+      else if (status !== 'alive' && incarnation < target.incarnation) {
+        // The observer still holds what it saw of a previous run: the subject re-registered since
+        // (a restart) with a higher incarnation, which this suspicion does not concern.
+        outcomes.push({ subject, outcome: 'ignored', reason: `stale: about incarnation ${incarnation}, registered ${target.incarnation}` });
+      } else {
         const reports = await this.store.recordReport({ observer: batch.observer, subject, status, incarnation, receivedAt: now }, this.options.windowMs);
-        const verdict = evaluateQuorum({ subject, members: this.registry.liveMembers(target.service), reports, now, windowMs: this.options.windowMs });
+        const verdict = evaluateQuorum({ subject, members: this.registry.liveMembers(target.service), reports, now, windowMs: this.options.windowMs, minIncarnation: target.incarnation });
         if (verdict.failed) {
           const reason = `${verdict.suspecting.length}/${verdict.voters} members report it suspect or dead (${verdict.suspecting.join(', ')})`;
           outcomes.push({ subject, outcome: (await this.store.declareFailed(subject, reason)) ? 'declared' : 'unchanged', verdict });

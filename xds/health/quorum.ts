@@ -75,6 +75,11 @@ export function evaluateQuorum(input: {
   reports: readonly HealthReport[];
   now: number;
   windowMs: number;
+  /**
+   * The subject's registered incarnation: suspicion about an older one is about a previous run of
+   * the member (before a restart re-registered it) and does not count. Default 0.
+   */
+  minIncarnation?: number;
 }): QuorumVerdict {
   const voters = new Set(input.members);
   voters.delete(input.subject);
@@ -83,6 +88,7 @@ export function evaluateQuorum(input: {
   for (const report of input.reports) {
     if (report.subject !== input.subject || !voters.has(report.observer)) continue;
     if (input.now - report.receivedAt > input.windowMs) continue;
+    if (report.status !== 'alive' && report.incarnation < (input.minIncarnation ?? 0)) continue;
     (report.status === 'alive' ? vouching : suspecting).push(report.observer);
   }
   const needed = quorumSize(voters.size);

@@ -25,6 +25,13 @@ export interface ClusterDeps {
    * or suspect) are skipped before any control-plane push arrives. Unset: no effect.
    */
   unreachable?: (address: string) => boolean;
+  /**
+   * This sidecar's zone (node.zone). Within a priority level, round_robin and least_request prefer
+   * available endpoints of this zone and use other zones only when it has none (zone-aware
+   * routing, simple form). ring_hash keeps its placement: a key goes to its context's owner,
+   * whatever the zone. Empty or unset: no preference.
+   */
+  localZone?: string;
 }
 
 export class Cluster {
@@ -44,6 +51,8 @@ export class Cluster {
   /** Endpoints grouped by priority, highest priority (0) first. */
   private readonly levels: readonly (readonly Endpoint[])[];
   private readonly unreachable: ((address: string) => boolean) | undefined;
+  /** The zone to prefer within a level, or undefined (no zone, or ring_hash). */
+  private readonly preferredZone: string | undefined;
 
   constructor(
     readonly config: ClusterConfig,
@@ -54,6 +63,7 @@ export class Cluster {
     this.random = deps.random ?? Math.random;
     this.metrics = deps.metrics;
     this.unreachable = deps.unreachable;
+    this.preferredZone = deps.localZone && config.lb !== 'ring_hash' ? deps.localZone : undefined;
     if (config.tls === 'mesh' && !deps.identity) throw new Error(`cluster ${config.name}: tls: mesh needs an identity`);
     const connector =
       config.tls === 'mesh' ? meshConnector(deps.identity!, config.connectTimeout) : plainConnector(config.connectTimeout);
@@ -87,25 +97,35 @@ export class Cluster {
   /**
    * Chooses the endpoint for the next try. Backups (priority 1) serve only when no primary is
    * available; a retry prefers any available endpoint it has not tried yet, at any priority,
-   * before trying one again.
+   * before trying one again. Within a level, endpoints of the local zone come first (see
+   * ClusterDeps.localZone): another zone is used only when the local one has none available.
    */
   choose(call: UpstreamCall): Endpoint | MeshError {
     let sawOpenBreaker = false;
     let fallback: readonly Endpoint[] | undefined;
+    const zone = this.preferredZone;
     for (const level of this.levels) {
       let available: Endpoint[] | undefined;
       let untried: Endpoint[] | undefined;
+      let untriedLocal: Endpoint[] | undefined;
+      let availableLocal: Endpoint[] | undefined;
       for (const endpoint of level) {
         if (this.outliers.isEjected(endpoint) || this.unreachable?.(endpoint.address)) continue;
         if (!endpoint.breaker.admits) {
           sawOpenBreaker = true;
           continue;
         }
+        const local = zone !== undefined && endpoint.zone === zone;
         (available ??= []).push(endpoint);
-        if (!call.tried.includes(endpoint)) (untried ??= []).push(endpoint);
+        if (local) (availableLocal ??= []).push(endpoint);
+        if (!call.tried.includes(endpoint)) {
+          (untried ??= []).push(endpoint);
+          if (local) (untriedLocal ??= []).push(endpoint);
+        }
       }
+      if (untriedLocal) return this.balancer.pick(untriedLocal, call);
       if (untried) return this.balancer.pick(untried, call);
-      fallback ??= available;
+      fallback ??= availableLocal ?? available;
     }
     if (fallback) return this.balancer.pick(fallback, call);
     if (sawOpenBreaker) return new MeshError('circuit_open', `every endpoint of cluster ${this.name} has its circuit breaker open`);

@@ -1,5 +1,7 @@
 // The context API, on 127.0.0.1 only: contexts by key (PUT, GET/HEAD, PATCH, DELETE), listing by
-// prefix, bulk reads and store stats. Each request runs one pipeline:
+// prefix, bulk reads, store stats, and the keys replication holds in conflict (GET /v1/conflicts,
+// POST /v1/conflicts/{key}/resolve; a read of such a key says so in `ctxmesh-conflict` and returns
+// its siblings with `?siblings=true`). Each request runs one pipeline:
 //
 //   route (path, method) → key → consistency, session → tenant rate limit → conditions, TTL,
 //   retention → body (bounded) → store → response headers (ETag, TTL, tier, session token)
@@ -25,9 +27,11 @@ import { etagOf, versionTimestamp, type Version } from '../version.js';
 import { decodeKey, keyError, prefixError, tenantOf } from './keys.js';
 import { applyMergePatch, type Json } from './merge-patch.js';
 import { TenantRateLimiter } from './rate-limit.js';
+import { DEFAULT_CONFLICT_LIST_LIMIT, isConflictStore, MAX_CONFLICT_LIST_LIMIT, type SiblingReadResult } from '../replication/conflicts.js';
+import type { ConflictVersion } from '../replication/merge.js';
 
 /** What a request was, for metrics; `other` covers unknown paths and heads node refused. */
-export type ContextApiOp = 'get' | 'head' | 'put' | 'patch' | 'delete' | 'list' | 'bulk_get' | 'stats' | 'other';
+export type ContextApiOp = 'get' | 'head' | 'put' | 'patch' | 'delete' | 'list' | 'bulk_get' | 'stats' | 'conflicts' | 'resolve' | 'other';
 
 export interface ContextApiOptions {
   store: ContextStore;
@@ -49,11 +53,18 @@ const CONTEXTS = '/v1/contexts';
 const CONTEXT_PREFIX = '/v1/contexts/';
 const BULK_GET = '/v1/bulk-get';
 const STATS = '/v1/stats';
+const CONFLICTS = '/v1/conflicts';
+const CONFLICT_PREFIX = '/v1/conflicts/';
+const RESOLVE_SUFFIX = '/resolve';
+/** Names the conflict a resolution settles when the client has no ETag for it: an encoded context (clock.ts). */
+const CONTEXT_HEADER = 'ctxmesh-context';
 
 const ALLOW_CONTEXT = 'GET, HEAD, PUT, PATCH, DELETE';
 const ALLOW_LIST = 'GET, HEAD';
 const ALLOW_BULK_GET = 'POST';
 const ALLOW_STATS = 'GET, HEAD';
+const ALLOW_CONFLICTS = 'GET, HEAD';
+const ALLOW_RESOLVE = 'POST';
 
 export const DEFAULT_LIST_LIMIT = 100;
 export const MAX_LIST_LIMIT = 1_000;
@@ -127,7 +138,7 @@ class ContextApi {
         switch (op) {
           case 'get':
           case 'head':
-            await this.get(req, res, key, access, op === 'head');
+            await this.get(req, res, key, access, op === 'head', query < 0 ? '' : url.slice(query + 1));
             break;
           case 'put':
             await this.put(req, res, key, access);
@@ -149,6 +160,17 @@ class ContextApi {
         op = 'bulk_get';
         consistency = this.consistencyOf(req.headers);
         await this.bulkGet(req, res, consistency);
+      } else if (path === CONFLICTS) {
+        if (method !== 'GET' && method !== 'HEAD') throw notAllowed(res, method, path, ALLOW_CONFLICTS);
+        op = 'conflicts';
+        await this.listConflicts(res, query < 0 ? '' : url.slice(query + 1), method === 'HEAD');
+      } else if (path.startsWith(CONFLICT_PREFIX) && path.endsWith(RESOLVE_SUFFIX) && path.length > CONFLICT_PREFIX.length + RESOLVE_SUFFIX.length) {
+        if (method !== 'POST') throw notAllowed(res, method, path, ALLOW_RESOLVE);
+        op = 'resolve';
+        const key = this.keyOf(path.slice(CONFLICT_PREFIX.length, -RESOLVE_SUFFIX.length));
+        consistency = this.consistencyOf(req.headers, key);
+        this.admit(tenantOf(key));
+        await this.resolve(req, res, key, this.accessOf(req.headers, consistency));
       } else if (path === STATS) {
         if (method !== 'GET' && method !== 'HEAD') throw notAllowed(res, method, path, ALLOW_STATS);
         op = 'stats';
@@ -169,11 +191,20 @@ class ContextApi {
 
   // --- Routes ---
 
-  private async get(req: IncomingMessage, res: ServerResponse, key: string, access: Access, head: boolean): Promise<void> {
-    const result = await this.store.get(key, access);
+  private async get(req: IncomingMessage, res: ServerResponse, key: string, access: Access, head: boolean, query: string): Promise<void> {
+    const result: SiblingReadResult | undefined = await this.store.get(key, access);
     if (result === undefined) throw new MeshError('not_found', `no context ${key}`);
     const record = result.record;
     const etag = etagOf(record.version);
+    if (query !== '' && parseQuery(query).get('siblings') === 'true') {
+      // Every stored version of the key; one for a key that is not in conflict.
+      const siblings = result.siblings ?? [{ version: record.version, contentType: record.contentType, value: record.value, tombstone: false }];
+      const body = { key, etag, conflict: result.conflict === true, siblings: siblings.map(describeSibling) };
+      res.setHeader('etag', etag);
+      if (result.conflict) res.setHeader(CONFLICT_HEADER, String(siblings.length));
+      sendJson(res, 200, body, { consistency: access.consistency, session: sessionAfter(access, record.version) }, head);
+      return;
+    }
     const ifNoneMatch = req.headers['if-none-match'];
     if (ifNoneMatch !== undefined && !noneMatchHolds(ifNoneMatch, etag, record.version)) {
       res.writeHead(304, withSession(['etag', etag, 'ctxmesh-consistency', access.consistency], access, record.version));
@@ -192,6 +223,7 @@ class ContextApi {
     if (ttlMs !== undefined) headers.push('ctxmesh-ttl', `${Math.ceil(ttlMs / 1_000)}s`);
     if (record.retention === 'critical') headers.push('ctxmesh-retention', 'critical');
     if (result.stale) headers.push('ctxmesh-stale', 'true', 'warning', STALE_WARNING);
+    if (result.conflict) headers.push(CONFLICT_HEADER, String(result.siblings?.length ?? 2));
     res.writeHead(200, headers);
     if (head) res.end();
     else res.end(record.value);
@@ -280,6 +312,39 @@ class ContextApi {
     const body: { keys: string[]; cursor?: string } = { keys: page.keys };
     if (page.next !== undefined) body.cursor = Buffer.from(page.next, 'utf8').toString('base64url');
     sendJson(res, 200, body, access, head);
+  }
+
+  private async listConflicts(res: ServerResponse, query: string, head: boolean): Promise<void> {
+    const params = parseQuery(query);
+    const prefix = params.get('prefix') ?? '';
+    if (prefix !== '') {
+      const reason = prefixError(prefix, this.config.maxKeyBytes);
+      if (reason !== undefined) throw new MeshError('invalid_key', reason);
+    }
+    const limitText = params.get('limit');
+    const limit = limitText === undefined ? DEFAULT_CONFLICT_LIST_LIMIT : Number(limitText);
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_CONFLICT_LIST_LIMIT || limitText === '') {
+      throw new MeshError('bad_request', `limit must be an integer from 1 to ${MAX_CONFLICT_LIST_LIMIT}`);
+    }
+    const after = params.get('after');
+    // A store without replication never holds conflicts.
+    const page = isConflictStore(this.store) ? await this.store.listConflicts(prefix, after, limit) : { conflicts: [] };
+    sendJson(res, 200, page, undefined, head);
+  }
+
+  private async resolve(req: IncomingMessage, res: ServerResponse, key: string, access: Access): Promise<void> {
+    const seen = req.headers['if-match'] ?? header(req.headers, CONTEXT_HEADER);
+    if (seen === undefined || seen.trim() === '') {
+      throw new MeshError('precondition_required', `a resolution names the siblings it settles: If-Match with the ETag read (or ${CONTEXT_HEADER})`);
+    }
+    if (!isConflictStore(this.store)) throw new MeshError('not_found', `${key} is not in conflict (this sidecar does not replicate)`);
+    const ttlMs = this.ttlOf(req.headers) ?? this.config.defaultTtl;
+    const retention = retentionOf(req.headers) ?? 'normal';
+    const value = await readBody(req, res, this.config.maxValueBytes);
+    const mutation: Mutation = { value, contentType: req.headers['content-type'] || OCTET_STREAM, ttlMs, retention };
+    const record = await this.store.resolveConflict(key, mutation, seen, access);
+    res.writeHead(204, withSession(['etag', etagOf(record.version), 'ctxmesh-consistency', access.consistency], access, record.version));
+    res.end();
   }
 
   private async bulkGet(req: IncomingMessage, res: ServerResponse, consistency: Consistency): Promise<void> {
@@ -425,6 +490,19 @@ function retentionOf(headers: IncomingHttpHeaders): Retention | undefined {
   throw new MeshError('bad_request', `ctxmesh-retention must be normal or critical, not "${retention}"`);
 }
 
+/** The conflict header of a read: the number of siblings the key holds. */
+const CONFLICT_HEADER = 'ctxmesh-conflict';
+
+function describeSibling(sibling: ConflictVersion): Record<string, unknown> {
+  const body = sibling.tombstone ? {} : encodedValue(sibling);
+  return { version: sibling.version, etag: etagOf(sibling.version), contentType: sibling.contentType, deleted: sibling.tombstone, ...body };
+}
+
+function sessionAfter(access: Access, version: Version) {
+  const at = versionTimestamp(version);
+  return at === undefined ? access.session : maxTimestamp(access.session, at);
+}
+
 /**
  * Adds the session token to answer with: the newer of the caller's and the version's timestamp,
  * so a client that echoes it carries its session's high-water mark.
@@ -499,7 +577,7 @@ function currentJson(current: ContextRecord): Json {
   }
 }
 
-function encodedValue(record: ContextRecord): { value: Json } | { valueBase64: string } {
+function encodedValue(record: Pick<ContextRecord, 'contentType' | 'value'>): { value: Json } | { valueBase64: string } {
   if (isJsonType(record.contentType)) {
     try {
       return { value: JSON.parse(record.value.toString('utf8')) as Json };

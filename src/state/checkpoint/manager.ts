@@ -9,7 +9,6 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { ContextConfig } from '../../config/schema.js';
 import type { Logger } from '../../telemetry/logger.js';
 import type { MemoryL2 } from '../cache/memory-l2.js';
-import { formatTimestamp, type HlcTimestamp } from '../hlc.js';
 import { SNAPSHOT_DIR, chainOf, expiredSnapshots, readCatalog, snapshotId, snapshotPath, type CatalogEntry } from './catalog.js';
 import { writeSnapshot, type SnapshotSummary } from './snapshot-file.js';
 import type { Wal } from './wal.js';
@@ -19,11 +18,13 @@ export interface CheckpointManagerOptions {
   config: ContextConfig['checkpoint'];
   wal: Wal;
   l2: MemoryL2;
-  nodeTag: string;
   /** The WAL position every write at or below which is already in `l2`. */
   coveredLsn(): number;
-  /** The newest version timestamp stamped or seen: the snapshot's frontier for this node. */
-  frontier(): HlcTimestamp;
+  /**
+   * Per origin node, the newest HLC timestamp of a write `l2` reflects (frontier.ts), read when the
+   * view opens: the snapshot's frontier.
+   */
+  frontier(): Record<string, string>;
   encryptionKey?: Buffer;
   registry: Registry;
   logger: Logger;
@@ -95,6 +96,8 @@ export class CheckpointManager {
     const started = performance.now();
     const view = l2.openView();
     const lsn = this.options.coveredLsn();
+    // Read with the view opened, before any write can land: exactly what the view reflects.
+    const frontier = this.options.frontier();
     const pause = performance.now() - started;
     const createdAt = Date.now();
     const id = snapshotId(createdAt, lsn, kind);
@@ -104,7 +107,7 @@ export class CheckpointManager {
       ...(kind === 'incremental' ? { parent: this.tip } : {}),
       createdAt,
       lsn,
-      frontier: { [this.options.nodeTag]: formatTimestamp(this.options.frontier()) },
+      frontier,
       reason,
     } as const;
     this.writesSince = 0;

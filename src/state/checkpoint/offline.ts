@@ -1,14 +1,16 @@
 // Checkpoint operations on a data directory while its sidecar is stopped: what `ctxmesh checkpoint
 // list|verify|restore|erase|create --dir` runs. A restore writes its result as a new full snapshot
 // that covers the whole WAL, so the next start loads exactly the restored state; the history
-// before it stays, so a restore can itself be undone by restoring to a point before it.
+// before it stays, so a restore can itself be undone by restoring to a point before it. It also
+// leaves a marker: a replicated sidecar's next start runs anti-entropy with every peer, which
+// brings back the writes after the restored point (restore-catch-up.ts).
 import { join } from 'node:path';
 import type { ContextRecord } from '../record.js';
 import { isExpired } from '../record.js';
-import { formatTimestamp, maxTimestamp, type HlcTimestamp } from '../hlc.js';
-import { versionTimestamp } from '../version.js';
 import { chainOf, readCatalog, snapshotId, snapshotPath } from './catalog.js';
 import { keyCovered } from './entries.js';
+import { frontierOf } from './frontier.js';
+import { writeRestoreMarker } from './restore-catch-up.js';
 import { eraseFromSnapshots, redactKey, scanForKey, writeAudit, type EraseReport, type KeyScan } from './erase.js';
 import { rebuild, RebuildError, type RebuildPoint, type RebuildReport, type RebuildSource } from './rebuild.js';
 import { verifySnapshot, writeSnapshot, type SnapshotHeader, type SnapshotSummary } from './snapshot-file.js';
@@ -53,7 +55,8 @@ export async function listOffline(dir: string): Promise<{ checkpoints: SnapshotH
 
 export interface VerifyReport {
   ok: boolean;
-  snapshots: Array<{ id: string; kind: string; ok: boolean; records?: number; error?: string; chainComplete: boolean }>;
+  /** lsn and frontier from the header: what each snapshot covers (WAL position; newest write per origin node). */
+  snapshots: Array<{ id: string; kind: string; ok: boolean; lsn: number; frontier: Record<string, string>; records?: number; error?: string; chainComplete: boolean }>;
   unreadable: Array<{ path: string; error: string }>;
   wal: WalReplayReport | { error: string };
   key?: KeyScan;
@@ -65,10 +68,11 @@ export async function verifyOffline(options: OfflineOptions & { key?: string }):
   for (const [i, entry] of entries.entries()) {
     const result = await verifySnapshot(entry.path, { key: options.encryptionKey });
     const chainComplete = chainOf(entries, entry) !== undefined;
+    const { id, kind, lsn, frontier } = entry.header;
     snapshots.push(
       result.ok
-        ? { id: entry.header.id, kind: entry.header.kind, ok: true, records: result.summary.records, chainComplete }
-        : { id: entry.header.id, kind: entry.header.kind, ok: false, error: result.error.message, chainComplete },
+        ? { id, kind, ok: true, lsn, frontier, records: result.summary.records, chainComplete }
+        : { id, kind, ok: false, lsn, frontier, error: result.error.message, chainComplete },
     );
     options.onProgress?.('verify', i + 1, entries.length);
   }
@@ -124,6 +128,8 @@ export async function restoreOffline(request: RestoreRequest): Promise<RestoreRe
     }
   }
   const summary = await writeFull(request, result, `restore:${request.to}${request.keyPrefix === undefined ? '' : `:${request.keyPrefix}`}`);
+  // With replication, the next start catches up from the peers what happened after this point.
+  await writeRestoreMarker(request.dir, { checkpoint: summary.header.id, frontier: summary.header.frontier, lsn: summary.header.lsn, restoredAt: Date.now() });
   return { id: summary.header.id, point, records: summary.records, restored, chain: report.chain, walRecords: report.walRecords };
 }
 
@@ -159,15 +165,6 @@ async function writeFull(options: OfflineOptions, state: Map<string, ContextReco
   const tail = await Wal.replayDirectory(join(options.dir, 'wal'), newest, () => undefined).catch(() => undefined);
   const lsn = Math.max(newest, tail?.lastLsn ?? 0);
   const createdAt = Math.max(Date.now(), (entries.at(-1)?.header.createdAt ?? 0) + 1);
-  const frontier: Record<string, HlcTimestamp> = {};
-  for (const record of state.values()) {
-    const at = record.version.indexOf('@');
-    const t = versionTimestamp(record.version);
-    if (t && at >= 0) {
-      const node = record.version.slice(at + 1);
-      frontier[node] = maxTimestamp(frontier[node], t);
-    }
-  }
   const id = snapshotId(createdAt, lsn, 'full');
   let written = 0;
   const batches = function* (): Generator<ContextRecord[]> {
@@ -183,7 +180,7 @@ async function writeFull(options: OfflineOptions, state: Map<string, ContextReco
   };
   return writeSnapshot(
     snapshotPath(options.dir, id),
-    { id, kind: 'full', createdAt, lsn, frontier: Object.fromEntries(Object.entries(frontier).map(([n, t]) => [n, formatTimestamp(t)])), reason },
+    { id, kind: 'full', createdAt, lsn, frontier: frontierOf(state.values()), reason },
     batches(),
     {
       compression: entries.at(-1)?.header.compression ?? 'none',

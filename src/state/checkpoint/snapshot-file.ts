@@ -88,6 +88,14 @@ export interface WriteSnapshotOptions {
   sync: boolean;
   /** Target size of a block's records before compression. Default 1 MiB. */
   blockBytes?: number;
+  /**
+   * With `sync`, flush the file to the disk every this many bytes while writing (0: only at the
+   * end). Default DEFAULT_SYNC_EVERY_BYTES. Without it, a snapshot's whole size sits dirty in the
+   * page cache until its final fsync, and everything else that syncs on that filesystem meanwhile
+   * — the WAL's fsync — waits behind that writeback (ext4 commits its journal in order). As Redis's
+   * rdb-save-incremental-fsync.
+   */
+  syncEveryBytes?: number;
   /** Called after each block is written, with totals so far. */
   onProgress?: (recordsWritten: number, bytesWritten: number) => void;
   /** Opens the `.tmp` file for writing (created or truncated). Default: node's fs. Test hook. */
@@ -116,6 +124,7 @@ export class EncryptionKeyError extends Error {
 
 export const SNAPSHOT_FORMAT_VERSION = 1;
 export const DEFAULT_BLOCK_BYTES = 1024 * 1024;
+export const DEFAULT_SYNC_EVERY_BYTES = 8 * 1024 * 1024;
 /** Largest block (plain or stored) a reader accepts; a writer puts a bigger record in a block of its own up to this. */
 export const MAX_BLOCK_BYTES = 256 * 1024 * 1024;
 export const PRELUDE_BYTES = 20;
@@ -246,7 +255,8 @@ export async function writeSnapshot(
   const head = encodeHeader(full, salt, keys);
   const temp = `${path}.tmp`;
   const file = await (options.openFile ?? openForWrite)(temp);
-  const writer = new BlockWriter(file, full.compression, keys, head.hash, head.running, blockBytes, options.onProgress);
+  const syncEvery = options.sync ? (options.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES) : 0;
+  const writer = new BlockWriter(file, full.compression, keys, head.hash, head.running, blockBytes, options.onProgress, syncEvery);
   let closed = false;
   try {
     await writer.write(head.bytes);
@@ -301,11 +311,41 @@ function encodeHeader(header: SnapshotHeader, salt: Buffer, keys: FileKeys | und
  * take turns: one is filled while the other is on its way to disk, so encoding and I/O overlap.
  */
 /** Room for a record that needs a block of its own: its exact size when the bound is over the limit. */
-function oversizedLength(record: ContextRecord, envelopeHead: string, bound: number): number {
+function oversizedLength(record: ContextRecord, bound: number): number {
   if (bound <= MAX_BLOCK_BYTES) return bound;
-  const exact = 4 + 2 + Buffer.byteLength(record.key) + Buffer.byteLength(envelopeHead) + record.value.length;
+  const exact = 4 + 2 + Buffer.byteLength(record.key) + Buffer.byteLength(envelopeHeadOf(record)) + record.value.length;
   if (exact > MAX_BLOCK_BYTES) throw new RangeError(`context ${record.key} of ${exact} bytes exceeds the snapshot block limit of ${MAX_BLOCK_BYTES}`);
   return exact;
+}
+
+/** The metadata pieces encode() writes around the content type and the numbers. */
+const FIELD_CRITICAL = Buffer.from(',"r":1', 'latin1');
+const FIELD_UPDATED_AT = Buffer.from(',"t":', 'latin1');
+const FIELD_TOMBSTONE = Buffer.from(',"d":1', 'latin1');
+/** Envelope bytes besides key, version, content type field and value: magic, newlines, the other fields, two numbers. */
+const ENVELOPE_FIXED_BYTES = ENVELOPE_MAGIC.length + 1 + FIELD_CRITICAL.length + FIELD_UPDATED_AT.length + FIELD_TOMBSTONE.length + 2 + 2 * 24;
+/** Distinct content types whose encoded field is kept; past it the cache starts over. */
+const MAX_CACHED_CONTENT_TYPES = 256;
+
+/** Writes `n` as JSON.stringify would; digit by digit for the usual safe integers (times in ms). */
+function writeJsonNumber(buffer: Buffer, at: number, n: number): number {
+  if (!Number.isSafeInteger(n) || n < 0) return at + buffer.write(JSON.stringify(n), at, 'latin1');
+  if (n === 0) {
+    buffer[at] = DIGIT_0;
+    return at + 1;
+  }
+  let digits = 0;
+  for (let rest = n; rest > 0; rest = Math.floor(rest / 10)) digits++;
+  for (let i = at + digits - 1, rest = n; i >= at; i--, rest = Math.floor(rest / 10)) buffer[i] = DIGIT_0 + (rest % 10);
+  return at + digits;
+}
+
+/** The envelope head as record.ts writes it (the rare oversized record needs its exact length). */
+function envelopeHeadOf(record: ContextRecord): string {
+  const meta: { c: string; x: number; r?: 1; t: number; d?: 1 } = { c: record.contentType, x: record.expiresAt, t: record.updatedAt };
+  if (record.retention === 'critical') meta.r = 1;
+  if (record.tombstone) meta.d = 1;
+  return `${ENVELOPE_MAGIC}${record.version}\n${JSON.stringify(meta)}\n`;
 }
 
 class BlockWriter {
@@ -324,6 +364,8 @@ class BlockWriter {
   /** The previous block's write; it has a no-op catch attached, the rejection is seen when awaited. */
   private inFlight: Promise<void> | undefined;
   private readonly slicer = new EventLoopSlicer();
+  private readonly typeFields = new Map<string, Buffer>();
+  private syncedBytes = 0;
 
   constructor(
     private readonly file: FileHandle | SnapshotFile,
@@ -333,6 +375,8 @@ class BlockWriter {
     running: number,
     private readonly blockBytes: number,
     private readonly onProgress: WriteSnapshotOptions['onProgress'],
+    /** 0: no syncs while writing. */
+    private readonly syncEveryBytes: number,
   ) {
     this.running = running;
     this.regular = [Buffer.allocUnsafe(FRAME_HEAD_BYTES + blockBytes), Buffer.allocUnsafe(FRAME_HEAD_BYTES + blockBytes)];
@@ -346,18 +390,15 @@ class BlockWriter {
 
   async add(batch: readonly ContextRecord[]): Promise<void> {
     for (const record of batch) {
-      const meta: { c: string; x: number; r?: 1; t: number; d?: 1 } = { c: record.contentType, x: record.expiresAt, t: record.updatedAt };
-      if (record.retention === 'critical') meta.r = 1;
-      if (record.tombstone) meta.d = 1;
-      const envelopeHead = `${ENVELOPE_MAGIC}${record.version}\n${JSON.stringify(meta)}\n`;
+      const typeField = this.contentTypeField(record.contentType);
       // An upper bound (3 UTF-8 bytes per UTF-16 unit), so Buffer.write never cuts a string short.
-      const bound = 4 + 2 + record.key.length * 3 + envelopeHead.length * 3 + record.value.length;
+      const bound = 4 + 2 + record.key.length * 3 + ENVELOPE_FIXED_BYTES + record.version.length * 3 + typeField.length + record.value.length;
       if (this.offset + bound > this.buffer.length) {
         if (this.count > 0) await this.flush();
         // A record bigger than a block gets a block of its own.
-        if (this.offset + bound > this.buffer.length) this.buffer = Buffer.allocUnsafe(FRAME_HEAD_BYTES + oversizedLength(record, envelopeHead, bound));
+        if (this.offset + bound > this.buffer.length) this.buffer = Buffer.allocUnsafe(FRAME_HEAD_BYTES + oversizedLength(record, bound));
       }
-      this.encode(record, envelopeHead);
+      this.encode(record, typeField);
       if (this.slicer.due()) await this.slicer.yield();
     }
   }
@@ -375,16 +416,45 @@ class BlockWriter {
     await this.write(trailer);
   }
 
-  /** Appends `u32 length | encodeKeyedRecord(record)` without building the keyed record first (a
-   * test holds the bytes equal to encodeKeyedRecord's: record.ts stays the definition). */
-  private encode(record: ContextRecord, envelopeHead: string): void {
+  /**
+   * `{"c":<content type as JSON>,"x":` as bytes, per content type: a service writes a handful of
+   * them, so the JSON escaping and the string building run once per type, not per record.
+   */
+  private contentTypeField(contentType: string): Buffer {
+    let field = this.typeFields.get(contentType);
+    if (field === undefined) {
+      field = Buffer.from(`{"c":${JSON.stringify(contentType)},"x":`, 'utf8');
+      if (this.typeFields.size >= MAX_CACHED_CONTENT_TYPES) this.typeFields.clear();
+      this.typeFields.set(contentType, field);
+    }
+    return field;
+  }
+
+  /**
+   * Appends `u32 length | encodeKeyedRecord(record)` straight into the block, without building the
+   * keyed record, the envelope head string or the metadata JSON per record (each was young-gen
+   * garbage for every record of a snapshot). The bytes are exactly record.ts's (a test holds them
+   * equal to encodeKeyedRecord's: record.ts stays the definition): the metadata as JSON.stringify
+   * lays out record.ts's object, {"c":…,"x":…,"t":…[,"r":1][,"d":1]}.
+   */
+  private encode(record: ContextRecord, typeField: Buffer): void {
     const buffer = this.buffer;
     const start = this.offset;
     const keyBytes = buffer.write(record.key, start + 6, 'utf8');
     if (keyBytes > 0xffff) throw new RangeError(`context key of ${keyBytes} bytes exceeds 65535`);
     buffer.writeUInt16BE(keyBytes, start + 4);
     let end = start + 6 + keyBytes;
-    end += buffer.write(envelopeHead, end, 'utf8');
+    end += ENVELOPE_MAGIC_BYTES.copy(buffer, end);
+    end += buffer.write(record.version, end, 'utf8');
+    buffer[end++] = NEWLINE;
+    end += typeField.copy(buffer, end);
+    end = writeJsonNumber(buffer, end, record.expiresAt);
+    end += FIELD_UPDATED_AT.copy(buffer, end);
+    end = writeJsonNumber(buffer, end, record.updatedAt);
+    if (record.retention === 'critical') end += FIELD_CRITICAL.copy(buffer, end);
+    if (record.tombstone) end += FIELD_TOMBSTONE.copy(buffer, end);
+    buffer[end++] = BRACE_CLOSE;
+    buffer[end++] = NEWLINE;
     end += record.value.copy(buffer, end);
     buffer.writeUInt32LE(end - start - 4, start);
     this.offset = end;
@@ -431,7 +501,14 @@ class BlockWriter {
     // while the next one is encoded into that buffer.
     await this.inFlight;
     const [recordsAfter, plainAfter] = [this.records + records, this.plainBytes + plain.length];
-    this.inFlight = this.write(frame).then(() => this.onProgress?.(recordsAfter, this.bytes));
+    this.inFlight = this.write(frame).then(async () => {
+      // Part of the block's write, so it overlaps the encoding of the next block like the write does.
+      if (this.syncEveryBytes > 0 && this.bytes - this.syncedBytes >= this.syncEveryBytes) {
+        await this.file.sync();
+        this.syncedBytes = this.bytes;
+      }
+      this.onProgress?.(recordsAfter, this.bytes);
+    });
     this.inFlight.catch(() => {});
     this.records = recordsAfter;
     this.plainBytes = plainAfter;
@@ -703,7 +780,7 @@ async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader,
 // the JSON.parse of its metadata that decodeKeyedRecord costs per record (a restore runs it
 // hundreds of thousands of times; the profile had it second only to the value copies). It accepts
 // only the exact bytes BlockWriter.encode writes (record.ts's envelope with the metadata as
-// JSON.stringify lays it out: {"c":…,"x":…[,"r":1],"t":…[,"d":1]}, integer times, no escapes in
+// JSON.stringify lays it out: {"c":…,"x":…,"t":…[,"r":1][,"d":1]}, integer times, no escapes in
 // the content type); anything else (including damage) goes to decodeKeyedRecord, which decodes it
 // or names what is wrong, so the errors stay that function's.
 const ENVELOPE_MAGIC_BYTES = Buffer.from(ENVELOPE_MAGIC, 'latin1');
@@ -718,7 +795,7 @@ function decodeRecordInline(plain: Buffer, start: number, end: number, copyValue
   if (magicEnd > end || plain.compare(ENVELOPE_MAGIC_BYTES, 0, ENVELOPE_MAGIC_BYTES.length, keyEnd, magicEnd) !== 0) return undefined;
   const versionEnd = plain.indexOf(NEWLINE, magicEnd);
   if (versionEnd < 0 || versionEnd >= end) return undefined;
-  // {"c":"<content type>","x":<digits>,["r":1,]"t":<digits>[,"d":1]}\n
+  // {"c":"<content type>","x":<digits>,"t":<digits>[,"r":1][,"d":1]}\n
   let at = versionEnd + 1;
   if (at + META_CONTENT_TYPE.length > end || plain.compare(META_CONTENT_TYPE, 0, META_CONTENT_TYPE.length, at, at + META_CONTENT_TYPE.length) !== 0) return undefined;
   const typeStart = at + META_CONTENT_TYPE.length;
@@ -734,22 +811,23 @@ function decodeRecordInline(plain: Buffer, start: number, end: number, copyValue
   const integer = (): number => {
     const from = at;
     let n = 0;
-    for (; at < end && plain[at]! >= DIGIT_0 && plain[at]! <= DIGIT_9; at++) n = n * 10 + plain[at]! - DIGIT_0;
-    // JSON.stringify writes no leading zeros and at most 16 digits for a safe integer.
-    return at === from || at - from > 16 || (plain[from] === DIGIT_0 && at - from > 1) ? -1 : n;
+    for (; at < end && plain[at]! >= DIGIT_0 && plain[at]! <= DIGIT_9; at++) n = n * 10 + (plain[at]! - DIGIT_0);
+    // JSON.stringify writes no leading zeros and at most 16 digits for a safe integer; past the
+    // safe range this sum may round differently from JSON.parse, which then decides.
+    return at === from || at - from > 16 || n > Number.MAX_SAFE_INTEGER || (plain[from] === DIGIT_0 && at - from > 1) ? -1 : n;
   };
   if (!field(0x78 /* x */)) return undefined;
   const expiresAt = integer();
   if (expiresAt < 0) return undefined;
+  if (!field(0x74 /* t */)) return undefined;
+  const updatedAt = integer();
+  if (updatedAt < 0) return undefined;
   let critical = false;
-  if (plain[at + 2] === 0x72 /* r */) {
+  if (plain[at] === COMMA && plain[at + 2] === 0x72 /* r */) {
     if (!field(0x72) || plain[at] !== 0x31 /* 1 */) return undefined;
     at++;
     critical = true;
   }
-  if (!field(0x74 /* t */)) return undefined;
-  const updatedAt = integer();
-  if (updatedAt < 0) return undefined;
   let tombstone = false;
   if (plain[at] === COMMA) {
     if (!field(0x64 /* d */) || plain[at] !== 0x31) return undefined;

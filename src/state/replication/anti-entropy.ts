@@ -22,12 +22,14 @@
 //
 // Rebalancing (rebalance.ts) hands keys that are no longer placed here to their replicas through
 // `ae-records` too (push only, no wants), then drops them.
+import HashRing from 'hashring';
 import { Counter, type Registry } from 'prom-client';
 import { MeshError } from '../../errors/table.js';
 import type { Member, MemberState } from '../../membership/membership.js';
 import { PeerClient, type PeerResponse } from '../../peer/client.js';
 import type { PeerReply } from '../../peer/router.js';
 import type { Logger } from '../../telemetry/logger.js';
+import type { L1Cache } from '../cache/l1.js';
 import type { ListPage } from '../cache/l2.js';
 import type { ContextRecord } from '../record.js';
 import { decodeRecordList, encodeRecordList, encodedSize } from './codec.js';
@@ -88,7 +90,18 @@ export interface AntiEntropyOptions {
   list: (prefix: string, after: string | undefined, limit: number) => Promise<ListPage>;
   logger: Logger;
   registry: Registry;
+  /**
+   * The local L1: keys this sidecar becomes primary or replica for when placement changes (a
+   * failover, a rebalance) are loaded into it from L2 at once, so the new owner's first reads of
+   * them are not cold misses. Without it nothing is warmed.
+   */
+  l1?: L1Cache;
+  /** Bytes warmed per placement change (context.warm.maxBytes). Default 64MiB. */
+  warmBudgetBytes?: number;
 }
+
+/** Keys read per step of ownership warming. */
+const WARM_BATCH = 128;
 
 interface Queued {
   attempts: number;
@@ -114,6 +127,11 @@ export class AntiEntropy {
   private readonly bytes: Counter<'peer' | 'direction'>;
   /** The last round with each peer. */
   readonly lastRound = new Map<string, RoundStats>();
+  private readonly warmedKeys: Counter;
+  private warming: Promise<void> | undefined;
+  private warmAgain = false;
+  /** Live ring members at the last warming: a key is warmed when it is newly placed here. */
+  private warmedFor: readonly string[] = [];
 
   /** Builds the index from the store, registers the peer handlers and starts the interval. */
   static async start(options: AntiEntropyOptions): Promise<AntiEntropy> {
@@ -150,6 +168,7 @@ export class AntiEntropy {
     const registers = [options.registry];
     this.rounds = new Counter({ name: 'ctxmesh_anti_entropy_rounds_total', help: 'Anti-entropy rounds started here, by peer and result (in_sync | repaired | ring_mismatch | error | skipped).', labelNames: ['peer', 'result'] as const, registers });
     this.repaired = new Counter({ name: 'ctxmesh_anti_entropy_keys_repaired_total', help: 'Records an anti-entropy round started here applied, here or at the peer.', labelNames: ['peer'] as const, registers });
+    this.warmedKeys = new Counter({ name: 'ctxmesh_ownership_warmed_keys_total', help: 'Keys loaded into L1 because placement made this sidecar their primary or a replica (failover, rebalance).', registers });
     this.bytes = new Counter({ name: 'ctxmesh_anti_entropy_bytes_total', help: 'Bytes of the messages of rounds started here, by peer and direction (sent | received).', labelNames: ['peer', 'direction'] as const, registers });
 
     const router = options.peering.router;
@@ -159,6 +178,7 @@ export class AntiEntropy {
     router.add(AE_RECORDS, (body) => this.onRecords(body));
 
     for (const member of options.peering.membership.members()) this.memberStates.set(member.id, member.state);
+    this.warmedFor = [...options.ring.liveIds()];
     options.ring.on('change', this.onRingChange);
     options.peering.membership.on('change', this.onMembershipChange);
     this.timer = setInterval(() => this.periodic(), this.config.interval).unref();
@@ -210,7 +230,65 @@ export class AntiEntropy {
       if (id !== self && (!before.has(id) || self < id)) void this.requestRound(id);
     }
     this.rebalancer.schedule();
+    this.warmOwnership();
   };
+
+  /** Coalesced: one warming pass at a time, another after it when placement changed meanwhile. */
+  private warmOwnership(): void {
+    if (!this.options.l1 || this.closed) return;
+    if (this.warming) {
+      this.warmAgain = true;
+      return;
+    }
+    this.warming = this.warmPass()
+      .catch((err: unknown) => this.logger.warn({ err: (err as Error).message }, 'warming L1 for new ownership failed'))
+      .finally(() => {
+        this.warming = undefined;
+        if (this.warmAgain) {
+          this.warmAgain = false;
+          this.warmOwnership();
+        }
+      });
+  }
+
+  /**
+   * Loads into L1 the held keys that placement newly puts here — primary first, then replica — up
+   * to the byte budget. Reading a key through the local store fills L1 from L2 (read-through).
+   */
+  private async warmPass(): Promise<void> {
+    const l1 = this.options.l1!;
+    const ring = this.options.ring;
+    const self = this.options.nodeId;
+    const previous = new HashRing([...this.warmedFor]);
+    const previousSize = Math.min(ring.factor, this.warmedFor.length);
+    this.warmedFor = [...ring.liveIds()];
+    const primary: string[] = [];
+    const replica: string[] = [];
+    for (const [key] of this.index.entries()) {
+      const now = ring.replicas(key).map((m) => m.id);
+      const at = now.indexOf(self);
+      if (at < 0 || l1.peek(key) !== undefined) continue;
+      const before = previousSize > 0 ? (previous.range(key, previousSize, true) as string[]) : [];
+      // Newly primary, or newly a replica: what a failover or a rebalance moved here.
+      if (at === 0 && before[0] !== self) primary.push(key);
+      else if (!before.includes(self)) replica.push(key);
+    }
+    let budget = this.options.warmBudgetBytes ?? 64 * 1024 ** 2;
+    let warmed = 0;
+    const keys = [...primary, ...replica];
+    for (let from = 0; from < keys.length && budget > 0 && !this.closed; from += WARM_BATCH) {
+      const records = await this.replica.readMany(keys.slice(from, from + WARM_BATCH));
+      for (const record of records) {
+        if (!record) continue;
+        warmed++;
+        budget -= encodedSize(record);
+      }
+    }
+    if (warmed > 0) {
+      this.warmedKeys.inc(warmed);
+      this.logger.info({ keys: warmed, primary: primary.length, replica: replica.length }, 'L1 warmed with keys newly placed here');
+    }
+  }
 
   private readonly onMembershipChange = (members: readonly Member[]): void => {
     if (this.closed) return;
@@ -466,10 +544,12 @@ export class AntiEntropy {
   }
 
   /** Keys this sidecar holds (tombstones marked), with versions and whether the ring places them here. */
-  async held(prefix: string, after: string | undefined, limit: number): Promise<{ keys: Array<{ key: string; version: string; tombstone: boolean; stray: boolean }>; next?: string }> {
+  async held(prefix: string, after: string | undefined, limit: number): Promise<{ keys: Array<{ key: string; version: string; tombstone: boolean; stray: boolean; l1: boolean }>; next?: string }> {
     const page = await this.options.list(prefix, after, limit);
+    // Before reading: a read through the local store fills L1 itself.
+    const cached = new Set(page.keys.filter((key) => this.options.l1?.peek(key) !== undefined));
     const records = await this.options.replica.readMany(page.keys);
-    const keys = records.flatMap((r) => (r ? [{ key: r.key, version: r.version, tombstone: r.tombstone === true, stray: this.index.isStray(r.key) }] : []));
+    const keys = records.flatMap((r) => (r ? [{ key: r.key, version: r.version, tombstone: r.tombstone === true, stray: this.index.isStray(r.key), l1: cached.has(r.key) }] : []));
     return page.next === undefined ? { keys } : { keys, next: page.next };
   }
 

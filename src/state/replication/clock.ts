@@ -241,6 +241,20 @@ export function stateTag<T>(siblings: Siblings<T>): string | undefined {
   return `${siblings.length}~${hash.digest('base64url').slice(0, 16)}`;
 }
 
+/**
+ * The version string a stored sibling set goes by (its record's version and the ETag a client
+ * sees): the newest dot's `<wall>.<logical>@<node>` — so HLC ordering, session tokens and ballots
+ * read it as they read any version — and, when there are several siblings, `~` and `stateTag`
+ * after it, so that two different sets never share a version. Undefined for an empty state.
+ */
+export function stateVersion<T>(siblings: Siblings<T>): Version | undefined {
+  if (siblings.length === 0) return undefined;
+  let newest = siblings[0]!.clock.dot;
+  for (const { clock } of siblings) if (compareDots(clock.dot, newest) > 0) newest = clock.dot;
+  const head = dotVersion(newest);
+  return siblings.length === 1 ? head : `${head}~${stateTag(siblings)}`;
+}
+
 /** If-Match: whether `tag` (an ETag body, quotes removed) names the current state. */
 export function stateMatches<T>(siblings: Siblings<T>, tag: string): boolean {
   return siblings.length > 0 && stateTag(siblings) === tag;

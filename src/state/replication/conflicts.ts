@@ -17,7 +17,9 @@
 //     that does not cover every current sibling is stale: 412, and nothing is written.
 // Pure: no I/O; the clock is injected.
 import { MeshError } from '../../errors/table.js';
-import { ClockError, contextCoversAll, contextOf, decodeContext, encodeContext, stateTag, type Siblings, type VersionVector } from './clock.js';
+import { ClockError, contextCoversAll, contextOf, decodeContext, encodeContext, stateTag, stateVersion, type Siblings, type VersionVector } from './clock.js';
+import type { ContextRecord } from '../record.js';
+import type { Access, Mutation, ReadResult } from '../store.js';
 import type { ConflictRecord, ConflictStrategy, ConflictVersion, Payload } from './merge.js';
 import { conflictVersion } from './merge.js';
 
@@ -29,6 +31,8 @@ export interface ConflictEntry {
   siblings: ConflictVersion[];
   /** The ETag (without quotes) a client resolves with. */
   etag: string;
+  /** The stored state's version (clock.ts stateVersion): the ETag reads of the key carry; resolving with it works too. */
+  version: string;
   /** The context that covers every sibling, encoded (clock.ts encodeContext). */
   context: string;
   /** Epoch ms when this sidecar first saw the key in conflict (since the last resolution). */
@@ -44,6 +48,7 @@ export interface ConflictSummary {
   reason: ConflictRecord['reason'];
   versions: string[];
   etag: string;
+  version: string;
   since: number;
   dropped: number;
 }
@@ -94,6 +99,7 @@ export class ConflictRegistry<T extends Payload = Payload> {
       reason: conflict.reason,
       siblings: state.map(conflictVersion),
       etag,
+      version: stateVersion(state)!,
       context: encodeContext(contextOf(state)),
       since: held?.entry.since ?? this.now(),
       dropped: (held?.entry.dropped ?? 0) + conflict.dropped.length,
@@ -147,7 +153,7 @@ export function checkResolution<T>(state: Siblings<T>, seen: string): VersionVec
   const tag = seen.trim().replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
   if (tag === '') throw new MeshError('bad_request', 'a resolution names the version it saw (ETag or context)');
   if (/^\d+~/.test(tag) || tag.includes('@')) {
-    if (tag !== stateTag(state)) throw new MeshError('precondition_failed', 'the key changed since these siblings were read; read them again');
+    if (tag !== stateTag(state) && tag !== stateVersion(state)) throw new MeshError('precondition_failed', 'the key changed since these siblings were read; read them again');
     return contextOf(state);
   }
   let context: VersionVector;
@@ -168,7 +174,39 @@ function summarise(entry: ConflictEntry): ConflictSummary {
     reason: entry.reason,
     versions: entry.siblings.map((s) => s.version),
     etag: entry.etag,
+    version: entry.version,
     since: entry.since,
     dropped: entry.dropped,
   };
+}
+
+// ── what the context API sees ───────────────────────────────────────────────────────────────
+
+/** A read of a key that keeps sibling sets (json-merge, siblings): its versions beside the value served. */
+export interface SiblingReadResult extends ReadResult {
+  /** Every stored version, oldest first (one when there is no conflict). */
+  siblings?: ConflictVersion[];
+  /** The key is in conflict: `siblings` holds two or more versions that no tier merged. */
+  conflict?: boolean;
+}
+
+/** One page of `GET /v1/conflicts`. */
+export interface ConflictPage {
+  conflicts: ConflictSummary[];
+  next?: string;
+}
+
+/** A ContextStore that keeps conflicts (the replicator): the context API's /v1/conflicts routes. */
+export interface ConflictStore {
+  listConflicts(prefix: string, after: string | undefined, limit: number): Promise<ConflictPage>;
+  /**
+   * Writes `mutation` as the key's one version, superseding the siblings `seen` (an ETag of the
+   * key's state, or an encoded context) covers. MeshError precondition_failed when `seen` is stale
+   * (nothing is written), not_found when the key does not exist.
+   */
+  resolveConflict(key: string, mutation: Mutation, seen: string, access: Access): Promise<ContextRecord>;
+}
+
+export function isConflictStore(store: object): store is ConflictStore {
+  return typeof (store as Partial<ConflictStore>).listConflicts === 'function' && typeof (store as Partial<ConflictStore>).resolveConflict === 'function';
 }

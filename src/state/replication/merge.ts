@@ -564,3 +564,41 @@ function deepEqual(a: Json, b: Json): boolean {
 function define<V>(target: Record<string, V>, name: string, value: V): void {
   Object.defineProperty(target, name, { value, enumerable: true, writable: true, configurable: true });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-prefix tiers from the config
+
+/** One `context.replication.conflicts` entry. */
+export interface ConflictPolicyConfig {
+  prefix: string;
+  strategy: ConflictStrategy;
+  maxSiblings?: number;
+}
+
+/**
+ * `context.replication.conflicts`: which tier a key is under (longest prefix wins, else lww) and
+ * the resolver that applies it, with that entry's sibling cap.
+ */
+export class ConflictPolicies<T extends Payload = Payload> {
+  private readonly entries: Array<{ prefix: string; strategy: ConflictStrategy; resolver: ConflictResolver<T> }>;
+  private readonly lww = new ConflictResolver<T>({ defaultStrategy: 'lww' });
+
+  constructor(config: readonly ConflictPolicyConfig[] = []) {
+    this.entries = [...config]
+      .sort((a, b) => b.prefix.length - a.prefix.length)
+      .map((p) => ({ prefix: p.prefix, strategy: p.strategy, resolver: new ConflictResolver<T>({ defaultStrategy: p.strategy, maxSiblings: p.maxSiblings ?? DEFAULT_MAX_SIBLINGS }) }));
+  }
+
+  strategyFor(key: string): ConflictStrategy {
+    return this.entries.find((e) => key.startsWith(e.prefix))?.strategy ?? 'lww';
+  }
+
+  /** Whether the key keeps sibling sets (json-merge, siblings) rather than one LWW record. */
+  tiered(key: string): boolean {
+    return this.strategyFor(key) !== 'lww';
+  }
+
+  resolverFor(key: string): ConflictResolver<T> {
+    return this.entries.find((e) => key.startsWith(e.prefix))?.resolver ?? this.lww;
+  }
+}

@@ -11,6 +11,9 @@ import type { Expectation, L2Tier, ListPage } from '../cache/l2.js';
 import type { LocalStore } from '../local-store.js';
 import { encodeKeyedRecord, type ContextRecord } from '../record.js';
 import { compareVersions, makeVersion, type Version } from '../version.js';
+import type { Siblings } from './clock.js';
+import { recordOfState, SIBLINGS_CONTENT_TYPE, stateOf, type StoredPayload } from './codec.js';
+import type { ConflictPolicies, Reconciliation } from './merge.js';
 import { compareRecords } from './order.js';
 
 /** How long a deletion is remembered. A replica away for longer may resurrect what was deleted. */
@@ -21,6 +24,8 @@ export const TOMBSTONE_CONTENT_TYPE = 'application/vnd.ctxmesh.tombstone';
 const APPLY_ATTEMPTS = 8;
 
 export type ApplyOutcome = 'applied' | 'stale';
+/** Told of every reconciliation of a tiered key that changed what is stored (conflicts, dropped siblings). */
+export type ReconcileListener = (key: string, outcome: Reconciliation<StoredPayload>) => void;
 /** A key's new state on this replica: the record stored, or undefined when the key was dropped. */
 export type ReplicaChangeListener = (key: string, record: ContextRecord | undefined) => void;
 /** Keys whose promise and accepted ballot are remembered; past it the oldest are folded into the floor. */
@@ -67,6 +72,9 @@ export class ReplicaStore {
   stale = 0;
   /** Told of every change this replica stores (anti-entropy's key index follows them). */
   private readonly changeListeners: ReplicaChangeListener[] = [];
+  /** The conflict tiers (merge.ts): keys under json-merge or siblings hold sibling sets. */
+  private conflicts: ConflictPolicies<StoredPayload> | undefined;
+  private onReconcile: ReconcileListener | undefined;
 
   constructor(private readonly options: ReplicaStoreOptions) {
     this.store = options.store;
@@ -98,13 +106,78 @@ export class ReplicaStore {
         this.stale++;
         return 'stale';
       }
-      const outcome = await this.applyLocked(record, false);
+      const conflicts = this.conflicts;
+      const outcome = conflicts?.tiered(record.key)
+        ? await this.mergeLocked(record.key, (local) => conflicts.resolverFor(record.key).reconcile(record.key, local, stateOf(fromStored(record))))
+        : await this.applyLocked(record, false);
       if (outcome === 'applied') {
         const entry = this.ballots.get(record.key);
         if (entry) entry.accepted = record.version;
       }
       return outcome;
     });
+  }
+
+  /**
+   * Sets the conflict tiers. From then on a record of a tiered key is merged (clock.ts sync, then
+   * the tier's cap) into the held sibling set instead of replacing an older one, so replicas
+   * converge whatever order writes, repairs and anti-entropy deliver them in. `onReconcile` hears
+   * every reconciliation that changed the stored state.
+   */
+  useConflicts(conflicts: ConflictPolicies<StoredPayload>, onReconcile?: ReconcileListener): void {
+    this.conflicts = conflicts;
+    this.onReconcile = onReconcile;
+  }
+
+  /**
+   * A coordinator's step on a tiered key, under the key's lock: `step` gets the held sibling set
+   * and returns the reconciliation to store (clock.ts invariant 1: the dot is stamped against the
+   * state held here). Resolves with the record stored, or the held one when nothing changed.
+   */
+  coordinate(key: string, step: (local: Siblings<StoredPayload>) => Reconciliation<StoredPayload>): Promise<ContextRecord | undefined> {
+    return this.locks.run(key, async () => {
+      let stored: ContextRecord | undefined;
+      await this.mergeLocked(key, step, (record) => (stored = record));
+      return stored ?? (await this.read(key));
+    });
+  }
+
+  /**
+   * Merges into the held sibling set of `key` (L2 compare-and-set, retried while another writer
+   * sharing L2 changes it): 'stale' when the set stays as it is.
+   */
+  private async mergeLocked(
+    key: string,
+    step: (local: Siblings<StoredPayload>) => Reconciliation<StoredPayload>,
+    onStored?: (record: ContextRecord) => void,
+  ): Promise<ApplyOutcome> {
+    const queue = this.store.queue;
+    for (let attempt = 0; ; attempt++) {
+      const current = queue?.pending(key) ?? (await this.l2.get(key));
+      const outcome = step(stateOf(current && fromStored(current)));
+      if (!outcome.changed || outcome.state.length === 0) {
+        this.stale++;
+        return 'stale';
+      }
+      const record = recordOfState(key, outcome.state, TOMBSTONE_GRACE_MS);
+      this.store.observe(record.version);
+      if (queue) {
+        this.store.replayQueued(record, await this.log(record));
+      } else {
+        const expected: Expectation = current ? { kind: 'version', versions: [current.version] } : { kind: 'absent' };
+        if (!(await this.l2.write(record, expected)).ok) {
+          if (attempt + 1 >= APPLY_ATTEMPTS) throw new MeshError('internal', `could not merge into ${key}: L2 kept changing under it`);
+          continue;
+        }
+        await this.log(record);
+        this.store.l1.set(record);
+      }
+      this.applied++;
+      onStored?.(record);
+      this.onReconcile?.(key, outcome);
+      this.notifyChange(key, record);
+      return 'applied';
+    }
   }
 
   // ── the acceptor of strong operations ──────────────────────────────────────────────────
@@ -146,7 +219,11 @@ export class ReplicaStore {
       // A record held without an accept (a hint, a read repair) counts as accepted at its version.
       const bar = maxVersion(maxVersion(this.floor, this.ballots.get(key)?.promised), this.acceptedBallot(key, held))!;
       if (compareVersions(ballot, bar) < 0) return { ok: false, promised: bar };
-      if (!held || held.version !== record.version) await this.applyLocked(record, true);
+      if (!held || held.version !== record.version) {
+        await this.applyLocked(record, true);
+        // A strong write settles a tiered key: whatever conflict it was in is over.
+        if (this.conflicts?.tiered(key)) this.onReconcile?.(key, { state: stateOf(fromStored(record)), changed: true, dropped: [] });
+      }
       const entry = this.entry(key);
       entry.promised = ballot;
       entry.accepted = ballot;
@@ -253,7 +330,10 @@ export class ReplicaStore {
   async list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
     const page = await this.store.list(prefix, after, limit);
     const held = await this.readMany(page.keys);
-    const keys = page.keys.filter((_, i) => held[i] !== undefined && !held[i]!.tombstone);
+    // A sibling set of deletions only is a deleted key too.
+    const live = (record: ContextRecord | undefined): boolean =>
+      record !== undefined && !record.tombstone && (record.contentType !== SIBLINGS_CONTENT_TYPE || stateOf(record).some((v) => !v.value.tombstone));
+    const keys = page.keys.filter((_, i) => live(held[i]));
     return page.next === undefined ? { keys } : { keys, next: page.next };
   }
 

@@ -51,11 +51,14 @@ import type { LocalStore } from '../local-store.js';
 import { isExpired, type ContextRecord } from '../record.js';
 import type { Access, Consistency, ContextStore, Mutation, ReadResult, StoreStats } from '../store.js';
 import { compareVersions, makeVersion, versionTimestamp, type Version } from '../version.js';
-import { decodeRecordList, encodeRecordList } from './codec.js';
+import { contextOf, EMPTY_VECTOR, parseDotVersion, type Siblings, type VersionVector } from './clock.js';
+import { decodeRecordList, encodeRecordList, isSiblingRecord, recordOfState, stateOf, type StoredPayload } from './codec.js';
+import { checkResolution, ConflictRegistry, MAX_CONFLICT_LIST_LIMIT, type ConflictPage, type ConflictStore, type ConflictSummary, type SiblingReadResult } from './conflicts.js';
 import type { HintStore } from './hints.js';
+import { ConflictPolicies, conflictVersion, type ConflictVersion, type Reconciliation } from './merge.js';
 import { compareRecords, newestOf } from './order.js';
 import { PeerLink, REPLICATE } from './peer-link.js';
-import type { AcceptAnswer, AcceptorState, ApplyOutcome, PrepareAnswer, ReplicaStore } from './replica-store.js';
+import { TOMBSTONE_GRACE_MS, type AcceptAnswer, type AcceptorState, type ApplyOutcome, type PrepareAnswer, type ReplicaStore } from './replica-store.js';
 import { PlacementRing } from './ring.js';
 
 export const READ = 'read';
@@ -65,6 +68,10 @@ export const LIST = 'list';
 export const PEEK = 'peek';
 export const PREPARE = 'prepare';
 export const ACCEPT = 'accept';
+/** This member's page of the keys it holds in conflict (GET /v1/conflicts gathers them). */
+export const CONFLICTS = 'conflicts';
+/** Bytes of each version's body a conflict log line shows. */
+const LOGGED_BODY_BYTES = 512;
 /** Rounds a strong operation may run (each after a randomised pause) before giving up. */
 const MAX_STRONG_ATTEMPTS = 12;
 
@@ -108,8 +115,21 @@ interface Answer {
   record: ContextRecord | undefined;
 }
 
-export class Replicator implements ContextStore {
+/**
+ * How a tiered write picks the context its new version supersedes: `read` what the request read
+ * (If-Match, PATCH, DELETE, a resolution), `local` what this replica holds (a blind json-merge
+ * write: it overwrites what it could have seen, stays concurrent with what it could not), `none`
+ * nothing (a blind write under siblings adds a sibling).
+ */
+type WriteContext = { kind: 'read' } | { kind: 'local' } | { kind: 'none' } | { kind: 'given'; context: VersionVector };
+
+export class Replicator implements ContextStore, ConflictStore {
   readonly ring: PlacementRing;
+  /** The conflict tier of each key (context.replication.conflicts). */
+  readonly conflicts: ConflictPolicies<StoredPayload>;
+  /** The keys this sidecar holds in conflict. */
+  readonly conflictRegistry = new ConflictRegistry<StoredPayload>();
+  private readonly siblingsDropped: Counter;
   private readonly links = new Map<string, PeerLink>();
   private readonly locks = new KeyedLock();
   private readonly now: () => number;
@@ -136,6 +156,8 @@ export class Replicator implements ContextStore {
     this.logger = options.logger.child({ component: 'replication' });
     this.ring = new PlacementRing(this.membership, options.config.factor);
     this.ring.on('change', (ids) => this.logger.info({ members: ids, factor: this.ring.size }, 'replica placement changed'));
+    this.conflicts = new ConflictPolicies<StoredPayload>(options.config.conflicts ?? []);
+    this.replica.useConflicts(this.conflicts, (key, outcome) => this.track(key, outcome));
 
     const router = options.peering.router;
     const applyBatch = async (body: Buffer) => {
@@ -177,6 +199,13 @@ export class Replicator implements ContextStore {
       }
       return { body: await this.replica.accept(head.key, head.ballot, record) };
     });
+    router.add(CONFLICTS, async (body) => {
+      const { prefix, after, limit } = parseJson<{ prefix?: unknown; after?: unknown; limit?: unknown }>(body, CONFLICTS);
+      if (typeof prefix !== 'string' || (after !== undefined && typeof after !== 'string') || typeof limit !== 'number') {
+        throw new MeshError('bad_request', `${CONFLICTS} takes {"prefix": string, "after"?: string, "limit": number}`);
+      }
+      return { body: this.conflictRegistry.list({ prefix, after: after as string | undefined, limit }) };
+    });
 
     const registers = [options.registry];
     this.writes = new Counter({
@@ -186,6 +215,19 @@ export class Replicator implements ContextStore {
       registers,
     });
     this.repairs = new Counter({ name: 'ctxmesh_replication_read_repairs_total', help: 'Stale replicas sent the newest version by a read.', registers });
+    this.siblingsDropped = new Counter({
+      name: 'ctxmesh_replication_siblings_dropped_total',
+      help: 'Concurrent versions dropped because a key held more than its maxSiblings (context.replication.conflicts).',
+      registers,
+    });
+    new Gauge({
+      name: 'ctxmesh_replication_conflicts',
+      help: 'Keys this sidecar holds in conflict (siblings no tier merged), as GET /v1/conflicts lists them.',
+      registers,
+      collect: function (this: Gauge) {
+        this.set(replicator.conflictRegistry.size);
+      },
+    });
     const perPeer = (name: string, help: string, read: (peerId: string) => number) =>
       new Gauge({
         name,
@@ -228,9 +270,8 @@ export class Replicator implements ContextStore {
 
   // ── reads ────────────────────────────────────────────────────────────────────────────────
 
-  async get(key: string, access: Access): Promise<ReadResult | undefined> {
-    const record = this.visible(await this.readNewest(key, access));
-    return record ? { record, stale: false, tier: 'l2' } : undefined;
+  async get(key: string, access: Access): Promise<SiblingReadResult | undefined> {
+    return this.present(key, await this.readNewest(key, access));
   }
 
   getMany(keys: readonly string[], access: Access): Promise<Array<ReadResult | undefined>> {
@@ -267,7 +308,7 @@ export class Replicator implements ContextStore {
     // Older than what the session has seen: possibly stale. Every replica that answers decides.
     const others = replicas.filter((m) => m.id !== first.member.id);
     const answers = [first, ...(await this.gather(key, others, others.length)).answers];
-    const newest = newestOf(answers.map((a) => a.record));
+    const newest = this.combine(key, answers.map((a) => a.record));
     if (newest) void this.repair(newest, answers);
     return newest;
   }
@@ -507,7 +548,9 @@ export class Replicator implements ContextStore {
 
   /** Sends `newest` to every answer that is older or missing it; resolves when they have replied. */
   private async repair(newest: ContextRecord, answers: readonly Answer[]): Promise<void> {
-    const stale = answers.filter((a) => !a.record || compareRecords(newest, a.record) > 0);
+    // A sibling set combined from the answers is new to every replica that holds another one.
+    const tiered = this.conflicts.tiered(newest.key);
+    const stale = answers.filter((a) => !a.record || (tiered ? a.record.version !== newest.version : compareRecords(newest, a.record) > 0));
     if (stale.length === 0) return;
     this.repairs.inc(stale.length);
     await Promise.allSettled(stale.map((a) => this.sendTo(a.member, newest, false)));
@@ -517,11 +560,17 @@ export class Replicator implements ContextStore {
 
   async put(key: string, mutation: Mutation, expected: Expectation, access: Access): Promise<ContextRecord> {
     if (access.consistency === 'strong') {
-      const { written } = await this.consensus(key, access, 'write', (live) => {
+      const { written } = await this.consensus(key, access, 'write', (live, held) => {
         check(expected, live?.version, key);
-        return (ballot, wall) => this.recordAt(key, mutation, ballot, wall);
+        return (ballot, wall) => this.settledAt(held, this.recordAt(key, mutation, ballot, wall));
       });
-      return written!;
+      return this.shown(written!);
+    }
+    if (this.conflicts.tiered(key)) {
+      // If-Match names what the writer read: its new version supersedes exactly that.
+      const blind = expected.kind !== 'version';
+      const how: WriteContext = !blind ? { kind: 'read' } : this.conflicts.strategyFor(key) === 'siblings' ? { kind: 'none' } : { kind: 'local' };
+      return (await this.writeTiered(key, access, expected, how, () => this.payloadOf(mutation)))!;
     }
     if (expected.kind === 'any') return this.write(this.stamp(key, mutation, undefined, access), access.consistency);
     return this.locks.run(key, async () => {
@@ -533,13 +582,15 @@ export class Replicator implements ContextStore {
 
   async update(key: string, change: (current: ContextRecord | undefined) => Mutation, expected: Expectation, access: Access): Promise<ContextRecord> {
     if (access.consistency === 'strong') {
-      const { written } = await this.consensus(key, access, 'write', (live) => {
+      const { written } = await this.consensus(key, access, 'write', (live, held) => {
         check(expected, live?.version, key);
         const mutation = change(live);
-        return (ballot, wall) => this.recordAt(key, mutation, ballot, wall);
+        return (ballot, wall) => this.settledAt(held, this.recordAt(key, mutation, ballot, wall));
       });
-      return written!;
+      return this.shown(written!);
     }
+    // A read-modify-write: the new version supersedes the state it was computed from.
+    if (this.conflicts.tiered(key)) return (await this.writeTiered(key, access, expected, { kind: 'read' }, (live) => this.payloadOf(change(live))))!;
     return this.locks.run(key, async () => {
       const current = await this.readNewest(key, access);
       const live = this.visible(current);
@@ -550,12 +601,16 @@ export class Replicator implements ContextStore {
 
   async delete(key: string, expected: Expectation, access: Access): Promise<ContextRecord | undefined> {
     if (access.consistency === 'strong') {
-      const { written } = await this.consensus(key, access, 'write', (live) => {
+      const { written } = await this.consensus(key, access, 'write', (live, held) => {
         if (!live) return undefined;
         check(expected, live.version, key);
-        return (ballot, wall) => tombstoneAt(key, ballot, wall);
+        return (ballot, wall) => this.settledAt(held, tombstoneAt(key, ballot, wall));
       });
       return written;
+    }
+    if (this.conflicts.tiered(key)) {
+      // A deletion removes what it saw; versions it did not see stay (as siblings or merged).
+      return this.writeTiered(key, access, expected, { kind: 'read' }, (live) => (live ? this.deletionPayload() : undefined));
     }
     return this.locks.run(key, async () => {
       const current = await this.readNewest(key, access);
@@ -566,6 +621,201 @@ export class Replicator implements ContextStore {
       tombstone.tombstone = true;
       return this.write(tombstone, access.consistency);
     });
+  }
+
+  // ── tiered keys (json-merge, siblings) ───────────────────────────────────────────────────
+
+  /**
+   * A write to a key that keeps sibling sets (see merge.ts and clock.ts): checks the request's
+   * condition against what it reads (not for blind writes), stamps a dot against this replica's
+   * held set (a non-replica coordinator stamps against what it read), and ships the whole new set.
+   * Resolves with the key as a read now serves it (undefined: `make` had nothing to write).
+   */
+  private async writeTiered(
+    key: string,
+    access: Access,
+    expected: Expectation,
+    how: WriteContext,
+    make: (live: ContextRecord | undefined) => StoredPayload | undefined,
+  ): Promise<ContextRecord | undefined> {
+    const resolver = this.conflicts.resolverFor(key);
+    const self = this.ring.replicas(key).some((m) => m.id === this.options.nodeId);
+    // A blind write reads nothing unless it has to (a non-replica coordinator needs a state to stamp against).
+    const needsRead = expected.kind !== 'any' || how.kind === 'read' || (!self && how.kind === 'local');
+    const current = needsRead ? await this.readNewest(key, access) : undefined;
+    const live = this.visible(current);
+    check(expected, live?.version, key);
+    const payload = make(live);
+    if (payload === undefined) return undefined;
+    const read = stateOf(current);
+    const clock = this.options.store.clock;
+    if (access.session) clock.observe(access.session);
+    const step = (local: Siblings<StoredPayload>): Reconciliation<StoredPayload> => {
+      const base = resolver.reconcile(key, local, read).state;
+      const context = how.kind === 'read' ? contextOf(read) : how.kind === 'local' ? contextOf(base) : how.kind === 'given' ? how.context : EMPTY_VECTOR;
+      return resolver.write(key, base, context, payload, this.options.nodeTag, clock);
+    };
+    let record: ContextRecord | undefined;
+    if (self) {
+      record = await this.replica.coordinate(key, step);
+    } else {
+      const outcome = step([]);
+      record = recordOfState(key, outcome.state, TOMBSTONE_GRACE_MS);
+    }
+    if (!record) throw new MeshError('internal', `write of ${key} stored nothing`);
+    await this.write(record, access.consistency);
+    return this.shown(record);
+  }
+
+  /** What a read of `record` serves: the view of a sibling set (version: the set's), else the record. */
+  private shown(record: ContextRecord): ContextRecord {
+    return (isSiblingRecord(record) ? this.present(record.key, record)?.record : undefined) ?? record;
+  }
+
+  private payloadOf(mutation: Mutation): StoredPayload {
+    const now = this.now();
+    return {
+      value: mutation.value,
+      contentType: mutation.contentType,
+      expiresAt: mutation.ttlMs === undefined ? 0 : now + mutation.ttlMs,
+      retention: mutation.retention,
+      updatedAt: now,
+    };
+  }
+
+  private deletionPayload(): StoredPayload {
+    return { value: Buffer.alloc(0), contentType: '', tombstone: true, expiresAt: 0, retention: 'normal', updatedAt: this.now() };
+  }
+
+  /**
+   * A strong write's record on a tiered key: a sibling set of one version whose dot is the ballot
+   * and whose context is the state the quorum decided on, so it supersedes that state wherever
+   * it meets it (an eventual write the quorum did not see stays concurrent).
+   */
+  private settledAt(held: ContextRecord | undefined, record: ContextRecord): ContextRecord {
+    if (!this.conflicts.tiered(record.key)) return record;
+    const dot = parseDotVersion(record.version);
+    if (!dot) throw new MeshError('internal', `ballot ${record.version} is not a dot`);
+    const payload: StoredPayload = record.tombstone
+      ? { ...this.deletionPayload(), updatedAt: record.updatedAt }
+      : { value: record.value, contentType: record.contentType, expiresAt: record.expiresAt, retention: record.retention, updatedAt: record.updatedAt };
+    return recordOfState(record.key, [{ clock: { dot, past: contextOf(stateOf(held)) }, value: payload }], TOMBSTONE_GRACE_MS);
+  }
+
+  /**
+   * The answer of a read: a plain record when live; for a sibling set, the tier's view — the one
+   * version, the json-merge result or, in conflict, the newest live version — carrying the set's
+   * version as ETag, with the siblings beside it.
+   */
+  private present(key: string, record: ContextRecord | undefined): SiblingReadResult | undefined {
+    if (!record) return undefined;
+    if (!isSiblingRecord(record)) {
+      const live = record.tombstone || isExpired(record, this.now()) ? undefined : record;
+      return live ? { record: live, stale: false, tier: 'l2' } : undefined;
+    }
+    const state = stateOf(record);
+    const view = this.conflicts.resolverFor(key).view(key, state);
+    let payload = view.value;
+    if (payload === undefined && view.conflict) {
+      const live = state.filter((v) => !v.value.tombstone);
+      payload = live.at(-1)?.value;
+    }
+    if (!payload || payload.tombstone || (payload.expiresAt !== 0 && payload.expiresAt <= this.now())) return undefined;
+    const shown: ContextRecord = {
+      key,
+      value: payload.value,
+      contentType: payload.contentType,
+      version: record.version,
+      expiresAt: payload.expiresAt,
+      retention: payload.retention,
+      updatedAt: payload.updatedAt,
+    };
+    return { record: shown, stale: false, tier: 'l2', siblings: state.map(conflictVersion), conflict: view.conflict };
+  }
+
+  /** The state several replicas' answers add up to: the newest record, or for tiered keys their sibling sets merged. */
+  private combine(key: string, records: ReadonlyArray<ContextRecord | undefined>): ContextRecord | undefined {
+    if (!this.conflicts.tiered(key)) return newestOf(records);
+    const held = records.filter((r): r is ContextRecord => r !== undefined);
+    if (held.length === 0) return undefined;
+    if (held.every((r) => r.version === held[0]!.version)) return held[0];
+    const resolver = this.conflicts.resolverFor(key);
+    let state: Siblings<StoredPayload> = [];
+    for (const record of held) state = resolver.reconcile(key, state, stateOf(record)).state;
+    return recordOfState(key, state, TOMBSTONE_GRACE_MS);
+  }
+
+  /** The conflict registry follows every stored change; new conflicts and dropped siblings are logged once, here. */
+  private track(key: string, outcome: Reconciliation<StoredPayload>): void {
+    const change = this.conflictRegistry.track(key, outcome.state, outcome.conflict);
+    if (change === 'new' && outcome.conflict) {
+      this.logger.warn(
+        { key, strategy: outcome.conflict.strategy, reason: outcome.conflict.reason, siblings: outcome.conflict.siblings.map(describeVersion) },
+        'context in conflict: concurrent versions kept as siblings (GET /v1/conflicts)',
+      );
+    }
+    if (outcome.dropped.length > 0) {
+      this.siblingsDropped.inc(outcome.dropped.length);
+      this.logger.warn(
+        { key, maxSiblings: this.conflicts.resolverFor(key).maxSiblings, dropped: outcome.dropped.map((v) => describeVersion(conflictVersion(v))) },
+        'sibling cap reached: the oldest concurrent versions were dropped',
+      );
+    }
+  }
+
+  /** Keys in conflict across every live member (each knows the keys it holds), merged in key order. */
+  async listConflicts(prefix: string, after: string | undefined, limit: number): Promise<ConflictPage> {
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_CONFLICT_LIST_LIMIT) throw new MeshError('bad_request', `limit must be an integer from 1 to ${MAX_CONFLICT_LIST_LIMIT}`);
+    const members = this.ring.liveIds().map((id) => this.membership.get(id)!).filter(Boolean);
+    const pages = await Promise.allSettled(
+      members.map(async (member) => {
+        if (member.id === this.options.nodeId) return this.conflictRegistry.list({ prefix, after, limit });
+        return parseJson<ConflictPage>(await this.callPeer(member, CONFLICTS, { prefix, after, limit }), CONFLICTS);
+      }),
+    );
+    const answered = pages.filter((p): p is PromiseFulfilledResult<ConflictPage> => p.status === 'fulfilled').map((p) => p.value);
+    if (answered.length === 0) throw new MeshError('quorum_unavailable', `no member answered the conflict listing of ${prefix}`);
+    let bound: string | undefined;
+    for (const page of answered) if (page.next !== undefined && (bound === undefined || page.next < bound)) bound = page.next;
+    // Replicas that have not converged yet may list a key with different siblings: show the one that knows most.
+    const byKey = new Map<string, ConflictSummary>();
+    for (const summary of answered.flatMap((p) => p.conflicts)) {
+      if (bound !== undefined && summary.key > bound) continue;
+      const held = byKey.get(summary.key);
+      if (!held || summary.versions.length > held.versions.length || (summary.versions.length === held.versions.length && compareVersions(summary.version, held.version) > 0)) byKey.set(summary.key, summary);
+    }
+    const merged = [...byKey.keys()].sort();
+    const conflicts = merged.slice(0, limit).map((key) => byKey.get(key)!);
+    if (merged.length > limit || bound !== undefined) return { conflicts, next: conflicts.at(-1)?.key ?? bound };
+    return { conflicts };
+  }
+
+  async resolveConflict(key: string, mutation: Mutation, seen: string, access: Access): Promise<ContextRecord> {
+    if (!this.conflicts.tiered(key)) throw new MeshError('not_found', `${key} is under last-writer-wins: it is never in conflict`);
+    // Every replica answers, so that the check sees each sibling the client may have been shown.
+    const replicas = this.ring.replicas(key);
+    const answers = (await this.gather(key, replicas, replicas.length)).answers;
+    if (answers.length === 0) throw new MeshError('quorum_unavailable', `no replica of ${key} answered`);
+    const current = this.combine(key, answers.map((a) => a.record));
+    if (!current) throw new MeshError('not_found', `no context ${key}`);
+    const context = checkResolution(stateOf(current), seen);
+    // The check is done: the write goes with the context it checked, against the state just read.
+    // (A strong resolution is acknowledged by a quorum; it does not run the strong rounds.)
+    return this.writeResolution(key, current, context, this.payloadOf(mutation), access);
+  }
+
+  private async writeResolution(key: string, current: ContextRecord, context: VersionVector, payload: StoredPayload, access: Access): Promise<ContextRecord> {
+    const resolver = this.conflicts.resolverFor(key);
+    const read = stateOf(current);
+    const clock = this.options.store.clock;
+    if (access.session) clock.observe(access.session);
+    const step = (local: Siblings<StoredPayload>): Reconciliation<StoredPayload> =>
+      resolver.write(key, resolver.reconcile(key, local, read).state, context, payload, this.options.nodeTag, clock);
+    const self = this.ring.replicas(key).some((m) => m.id === this.options.nodeId);
+    const record = self ? await this.replica.coordinate(key, step) : recordOfState(key, step([]).state, TOMBSTONE_GRACE_MS);
+    if (!record) throw new MeshError('internal', `resolution of ${key} stored nothing`);
+    await this.write(record, access.consistency);
+    return this.shown(record);
   }
 
   /** A strong write's record: its version is the operation's ballot. */
@@ -751,8 +1001,9 @@ export class Replicator implements ContextStore {
 
   // ── the rest ─────────────────────────────────────────────────────────────────────────────
 
+  /** The live value a condition is checked against and PATCH applies to (a sibling set's view). */
   private visible(record: ContextRecord | undefined): ContextRecord | undefined {
-    return record && !record.tombstone && !isExpired(record, this.now()) ? record : undefined;
+    return record ? this.present(record.key, record)?.record : undefined;
   }
 
   stats(): StoreStats {
@@ -772,7 +1023,7 @@ export class Replicator implements ContextStore {
     for (const link of this.links.values()) link.abandon();
     await new Promise((resolve) => setImmediate(resolve));
     this.closed = true;
-    for (const name of [REPLICATE, HINT_DELIVER, READ, LIST, PEEK, PREPARE, ACCEPT]) this.options.peering.router.remove(name);
+    for (const name of [REPLICATE, HINT_DELIVER, READ, LIST, PEEK, PREPARE, ACCEPT, CONFLICTS]) this.options.peering.router.remove(name);
     this.ring.close();
     await this.hints.close();
   }
@@ -856,4 +1107,10 @@ function parseJson<T>(body: Buffer, what: string): T {
   } catch {
     throw new MeshError('bad_request', `${what}: body is not JSON`);
   }
+}
+
+/** A version as a conflict log line shows it: the body as text, cut short. */
+function describeVersion(version: ConflictVersion): { version: string; contentType: string; tombstone: boolean; value: string; bytes: number } {
+  const text = version.value.subarray(0, LOGGED_BODY_BYTES).toString('utf8');
+  return { version: version.version, contentType: version.contentType, tombstone: version.tombstone, value: text, bytes: version.value.length };
 }
