@@ -4,20 +4,18 @@
 // with reports split across both happens once; a SIGKILLed replica's clients get the same
 // resources from the other; epochs never go backwards across restarts; a Redis outage leaves the
 // clients' config alone and the state resyncs when Redis returns (even empty).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { closeAfterEach, until } from '../helpers/mesh.js';
 import { freePort, startRedis, type RedisServer } from '../helpers/redis.js';
 import { fromStruct } from '../../xds/resources.js';
 import { DeltaClient, SotwClient, TYPE_URL, type DeltaResponse, type SotwResponse } from './ads-client.js';
 
 const CLI = resolve('dist/src/cli/main.js');
-const BUILT = resolve('dist/xds/store/redis.js');
-const BUILD_TIMEOUT_MS = 120_000;
 const START_TIMEOUT_MS = 10_000;
 const SYNC_TIMEOUT_MS = 10_000;
 
@@ -25,21 +23,6 @@ const closers = closeAfterEach();
 const dir = mkdtempSync(join(tmpdir(), 'ctxmesh-replicas-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function newestMtime(path: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(path, { withFileTypes: true })) {
-    const child = join(path, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(child) : statSync(child).mtimeMs);
-  }
-  return newest;
-}
-
-beforeAll(() => {
-  if (existsSync(BUILT) && statSync(BUILT).mtimeMs >= Math.max(newestMtime(resolve('src')), newestMtime(resolve('xds')))) return;
-  // tsc emits even when files that are not this command's fail to typecheck; what matters is the output.
-  const build = spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { encoding: 'utf8', timeout: BUILD_TIMEOUT_MS });
-  if (!existsSync(BUILT)) throw new Error(`the build did not produce ${BUILT}:\n${build.stdout}${build.stderr}`);
-}, BUILD_TIMEOUT_MS);
 
 interface Replica {
   name: string;
