@@ -1,7 +1,7 @@
 // The sidecar process, assembled: identity, clusters, the two proxy listeners and the admin API.
 // It is ready only once its config, its certificates and every listener are up.
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { createAdminServer, type AdminTarget } from './admin/server.js';
 import { ClusterSchema, type SidecarConfig } from './config/schema.js';
 import { createInboundServer } from './proxy/inbound/listener.js';
@@ -123,7 +123,7 @@ export class Sidecar implements AdminTarget {
 
     let sidecar: Sidecar | undefined;
     const draining = (): boolean => sidecar?.draining ?? false;
-    const outbound = createOutboundServer({ limits: config.limits, recorder, router: () => sidecar!.router, draining });
+    const outbound = trackAccepted(createOutboundServer({ limits: config.limits, recorder, router: () => sidecar!.router, draining }));
     const replication = config.context.replication;
     // The peer fault switch exists only when the environment arms it (tests, chaos drills).
     const faults = faultsArmed() ? new PeerFaults(config.node.id, (id) => sidecar?.membership.get(id)?.address) : undefined;
@@ -136,7 +136,7 @@ export class Sidecar implements AdminTarget {
       replication.peers.map((p): Member => ({ id: p.id, address: p.address, state: 'alive', epoch: 0 })),
     );
     const isSidecar = (spiffeId: string | undefined): boolean => isSidecarIdentity(spiffeId, identity.trustDomain, replication.allow);
-    const inbound = createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining, metrics, logger, peers: { router: peers, isSidecar } });
+    const inbound = trackAccepted(createInboundServer({ identity, allow: config.inbound.allow, limits: config.limits, recorder, app, draining, metrics, logger, peers: { router: peers, isSidecar } }));
     sidecar = new Sidecar(config, logger, identity, metrics, clusters, app, outbound, inbound, createAdminServer({
       get ready() { return sidecar!.ready; },
       get draining() { return sidecar!.draining; },
@@ -164,7 +164,7 @@ export class Sidecar implements AdminTarget {
       sidecar.ports.inbound = await listen(inbound, config.inbound.port, config.inbound.address);
       membership.upsert(selfMember(config, sidecar.ports.inbound));
       if (HealthMonitor.wanted(config)) {
-        health = sidecar.health = HealthMonitor.start({ config, membership, peers, peerClient, state: sidecar.state, logger, metrics, incarnation: sidecar.incarnation });
+        health = sidecar.health = HealthMonitor.start({ config, membership, peers, peerClient, state: sidecar.state, logger, metrics, incarnation: sidecar.incarnation, fencing });
       }
       sidecar.ports.admin = await listen(sidecar.admin, config.admin.port, ADMIN_ADDRESS);
     } catch (err) {
@@ -270,8 +270,8 @@ export class Sidecar implements AdminTarget {
     }
     const cut = this.inFlight;
     if (cut > 0) this.logger.warn({ inFlight: cut }, 'drain timeout: closing remaining connections');
-    this.outbound.closeAllConnections();
-    this.inbound.closeAllConnections();
+    cutConnections(this.outbound);
+    cutConnections(this.inbound);
     await Promise.all(closing);
     await Promise.all([...this.clusterList, this.app].map((c) => (cut > 0 ? c.destroy() : c.close())));
     await this.dynamic.close(cut > 0);
@@ -283,7 +283,7 @@ export class Sidecar implements AdminTarget {
     this.health?.close();
     if (this.ready || this.draining) await this.drain();
     else {
-      for (const server of [this.outbound, this.inbound]) if (server.listening) server.closeAllConnections();
+      for (const server of [this.outbound, this.inbound]) if (server.listening) cutConnections(server);
       this.xds?.close();
       await Promise.all([closeServer(this.outbound), closeServer(this.inbound), ...[...this.clusterList, this.app].map((c) => c.destroy()), this.dynamic.close(true)]);
     }
@@ -346,6 +346,28 @@ function listen(server: Server, port: number, host: string): Promise<number> {
       resolve((server.address() as AddressInfo).port);
     });
   });
+}
+
+/**
+ * Every socket a proxy listener accepted. node's closeAllConnections knows only connections that
+ * reached HTTP: a TLS handshake still running at the cut would finish afterwards and, kept alive,
+ * hold close() open for the whole idle timeout.
+ */
+const accepted = new WeakMap<Server, Set<Socket>>();
+
+function trackAccepted<S extends Server>(server: S): S {
+  const sockets = new Set<Socket>();
+  accepted.set(server, sockets);
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  return server;
+}
+
+function cutConnections(server: Server): void {
+  server.closeAllConnections();
+  for (const socket of accepted.get(server) ?? []) socket.destroy();
 }
 
 function closeServer(server: Server): Promise<void> {

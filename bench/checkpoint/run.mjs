@@ -230,15 +230,17 @@ const restoreOnce = async () => {
   const target = new MemoryL2();
   globalThis.gc?.();
   const t = await timed(() =>
-    rebuild({ dir: snapDir, replay: async () => ({ records: 0, firstLsn: 0, lastLsn: 0 }) }, { kind: 'latest' }, { reset: () => target.clear(), apply: (r) => target.apply(r) }),
+    // As the sidecar's start-up (src/state/agent.ts): the chain through loadSnapshot, the WAL through apply.
+    rebuild({ dir: snapDir, replay: async () => ({ records: 0, firstLsn: 0, lastLsn: 0 }) }, { kind: 'latest' }, { reset: () => target.clear(), apply: (r) => target.apply(r), loadSnapshot: (batch) => target.loadSnapshot(batch) }),
   );
   if (t.result.snapshotRecords !== RECORDS || target.size !== RECORDS) throw new Error(`restore read ${t.result.snapshotRecords} records into ${target.size} keys, expected ${RECORDS}`);
   const sample = keyOf(Math.floor(RECORDS / 2));
   if (!(await target.get(sample)).value.equals((await l2.get(sample)).value)) throw new Error(`restore: ${sample} differs`);
   return { seconds: t.seconds, cpuSeconds: t.cpuSeconds, bytes: fileBytes, records: t.result.snapshotRecords };
 };
-// The floor of any restore into a map of values: one fresh buffer per value, filled (no file, no
-// decoding, no map). On a VM, first-touching fresh memory is far slower than reading the page cache.
+// What a restore giving every value a fresh buffer of its own would cost at least (no file, no
+// decoding, no map): on a VM, first-touching fresh memory is far slower than reading the page cache.
+// The restore no longer does this (values are views into its read slabs); kept as a reference.
 const allocFloor = () => {
   globalThis.gc?.();
   const source = Buffer.alloc(VALUE_BYTES, 0x61);

@@ -22,6 +22,7 @@
 #   BENCH_SKIP_BUILD=1  BENCH_KEEP_TMP=1  BENCH_CTXMESH_CLI=path
 #   BENCH_CKPT_SIDECAR_NODE_FLAGS="--trace-gc --cpu-prof"   node flags of the pause test's sidecar
 #                              (profiles go to TMP/prof, GC traces to TMP/logs/sidecar.log; use with BENCH_KEEP_TMP=1)
+# The restore alone, quick and small enough to profile (node --cpu-prof): bench/checkpoint/restore.mjs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

@@ -433,8 +433,20 @@ export const HealthSchema = z
     reportTo: hostPort.optional(),
     /** Reports are repeated this often while a member is suspect or dead. Default 1s. */
     reportInterval: duration().default(1_000),
+    /**
+     * Membership lease, ms: with live peers, replicated writes are acknowledged only while a majority
+     * of the mesh acknowledged this sidecar's pings within this time (else 503 fenced); renewed every
+     * quarter of it. Must be shorter than probeTimeout + the shortest suspicion window, so it runs out
+     * before the mesh can declare this sidecar failed. Default: suspicionMinTimeout (a third of
+     * suspicionTimeout when unset).
+     */
+    lease: duration().optional(),
   })
   .refine((h) => h.probeTimeout <= h.interval, { message: 'probeTimeout must not exceed interval', path: ['probeTimeout'] })
+  .refine((h) => h.lease === undefined || (h.lease > 0 && h.lease < h.probeTimeout + (h.suspicionMinTimeout ?? Math.round(h.suspicionTimeout / 3))), {
+    message: 'lease must be positive and shorter than probeTimeout + suspicionMinTimeout (the least time the mesh takes to declare a member failed)',
+    path: ['lease'],
+  })
   .refine((h) => h.suspicionMinTimeout === undefined || h.suspicionMinTimeout <= h.suspicionTimeout, {
     message: 'suspicionMinTimeout must not exceed suspicionTimeout',
     path: ['suspicionMinTimeout'],

@@ -9,8 +9,10 @@
 //      back), and the drain goes on as a failure would: the other replicas hold every key;
 //   3. the ring then leaves it out, every key it holds is a stray, and the rebalancer pushes each
 //      one to its new replica set and drops it here once they confirm (rebalance.ts);
-//   4. when no stray is left (or the drain timeout is reached) the sidecar goes on to close its
-//      listeners, letting in-flight requests finish.
+//   4. passes re-run (a write or hint a stale-ring peer lands here makes a new stray) until no
+//      stray is left on two polls in a row, or the drain timeout, or nobody takes the keys (passes
+//      *finished* with nothing pushed, not wall time: a slow push on a loaded machine is not a
+//      stall); then the sidecar goes on to close its listeners, letting in-flight requests finish.
 // An operator's drain through the control plane takes steps 2–3 on its own: the EDS push makes
 // the ring leave this sidecar out, and the rebalancer hands its keys off.
 import http from 'node:http';
@@ -21,11 +23,20 @@ import type { MutableMembership } from './membership.js';
 
 /** How often the handover checks whether the rebalancer is done. */
 const POLL_MS = 50;
-/** How long to wait for the control plane's DRAINING push before marking ourselves draining locally. */
+/**
+ * The least time to wait for the control plane's DRAINING push once it accepted the drain (a
+ * loaded control plane pushes late; up to half the drain timeout is waited when that is longer).
+ */
 const EDS_WAIT_MS = 3_000;
 const REQUEST_TIMEOUT_MS = 2_000;
-/** A handover that moves nothing for this long stops waiting (every peer gone or refusing). */
-const STALL_MS = 2_000;
+/**
+ * A handover stops before the drain timeout only when nobody takes the keys (every peer gone or
+ * refusing): this many rebalancer passes in a row *finished* with nothing pushed or dropped, and at
+ * least STALL_MS since the last progress. Passes, not wall time alone: on a loaded machine one
+ * slow push round can outlast any fixed window, and a pass still in flight is not "no progress".
+ */
+const STALL_PASSES = 10;
+const STALL_MS = 5_000;
 
 export type HandoverState = 'idle' | 'announcing' | 'handing_over' | 'done' | 'timed_out' | 'skipped';
 
@@ -75,7 +86,7 @@ export class Handover {
     if (!selfDraining()) {
       const told = this.options.controlPlane ? await this.announce(this.options.controlPlane).catch((err: Error) => err) : undefined;
       if (told instanceof Error) logger.warn({ err: told.message }, 'drain: could not tell the control plane');
-      const edsBy = Math.min(deadline, performance.now() + EDS_WAIT_MS);
+      const edsBy = Math.min(deadline, performance.now() + Math.max(EDS_WAIT_MS, (deadline - performance.now()) / 2));
       if (told === true) {
         while (!selfDraining() && performance.now() < edsBy) await sleep(POLL_MS);
       }
@@ -93,23 +104,46 @@ export class Handover {
     }
     this.status_.state = 'handing_over';
     logger.info({ strays: antiEntropy.index.strayCount, announced: this.status_.announced }, 'drain: handing keys over to their next owners');
-    antiEntropy.rebalancer.schedule();
-    let progress = '';
+    const rebalancer = antiEntropy.rebalancer;
+    rebalancer.schedule();
+    // Progress: keys dropped here, or records a target took. Judged per finished pass, so a push
+    // still waiting on a slow peer never counts against the handover.
+    let strays = antiEntropy.index.strayCount;
+    let passesSeen = rebalancer.passes;
+    let idlePasses = 0;
     let progressAt = performance.now();
-    let polls = 0;
+    let quiet = 0;
     while (performance.now() < deadline) {
-      if (antiEntropy.index.strayCount === 0 && !antiEntropy.rebalancer.busy) break;
-      const totals = antiEntropy.rebalancer.totals;
-      const now = `${antiEntropy.index.strayCount}/${totals.pushed}/${totals.dropped}`;
-      if (now !== progress) {
-        progress = now;
+      const now = antiEntropy.index.strayCount;
+      if (now === 0 && !rebalancer.busy) {
+        // Two polls in a row: a write or a hint that a peer with a stale ring sent here just now
+        // makes a new stray, which the next pass hands on; done means none arrived meanwhile.
+        if (++quiet >= 2) break;
+      } else {
+        quiet = 0;
+      }
+      if (now < strays) {
         progressAt = performance.now();
-      } else if (performance.now() - progressAt > STALL_MS) {
+        idlePasses = 0;
+      }
+      strays = now;
+      if (rebalancer.passes !== passesSeen) {
+        const last = rebalancer.lastPass;
+        passesSeen = rebalancer.passes;
+        if (last.pushed > 0 || last.dropped > 0 || last.considered === 0) {
+          progressAt = performance.now();
+          idlePasses = 0;
+        } else {
+          idlePasses++;
+        }
+      }
+      if (now > 0 && idlePasses >= STALL_PASSES && performance.now() - progressAt > STALL_MS) {
         // Nobody takes the keys (the peers are gone or refuse): the other replicas still hold them.
         break;
       }
-      // Not the rebalancer's backoff (up to 5s between retries): a drain wants it done now.
-      if (++polls % 5 === 0) antiEntropy.rebalancer.schedule();
+      // A stray and no pass due (e.g. one a late write made after the last pass): run one now.
+      // Out of the ring, the rebalancer itself retries without backoff (rebalance.ts).
+      if (now > 0 && !rebalancer.busy) rebalancer.schedule();
       await sleep(POLL_MS);
     }
     const totals = antiEntropy.rebalancer.totals;

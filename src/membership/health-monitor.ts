@@ -7,7 +7,9 @@ import type { PeerRouter } from '../peer/router.js';
 import type { StateAgent } from '../state/agent.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { MeshMetrics } from '../telemetry/metrics.js';
+import type { Fencing } from '../peer/fencing.js';
 import { contextPathCheck } from './deep-check.js';
+import { LeaseKeeper, leaseMsOf } from './lease.js';
 import { HealthReporter, healthReportTarget } from './health-reporter.js';
 import type { MemberState, MutableMembership } from './membership.js';
 import { PeerProbeTransport, registerProbeHandlers, unregisterProbeHandlers } from './peer-transport.js';
@@ -25,6 +27,8 @@ export interface HealthMonitorOptions {
   metrics: MeshMetrics;
   /** This sidecar's incarnation, the one it registers with at the control plane (default 0). */
   incarnation?: number;
+  /** With it, the monitor keeps the membership lease writes need (lease.ts, src/peer/fencing.ts). */
+  fencing?: Fencing;
 }
 
 export class HealthMonitor {
@@ -32,6 +36,7 @@ export class HealthMonitor {
     readonly prober: HealthProber,
     private readonly reporter: HealthReporter | undefined,
     private readonly options: HealthMonitorOptions,
+    private readonly lease: LeaseKeeper | undefined,
   ) {}
 
   /** Whether the config asks for it: `health.enabled`, else on when the sidecar has (or may learn of) peers. */
@@ -59,8 +64,12 @@ export class HealthMonitor {
       : undefined;
     reporter?.start();
     prober.start();
-    log.info({ interval: config.health.interval, members: membership.members().length, reportTo: target ?? null }, 'health monitor started');
-    return new HealthMonitor(prober, reporter, options);
+    const lease = options.fencing
+      ? new LeaseKeeper({ prober, membership, fencing: options.fencing, leaseMs: leaseMsOf(config.health), probeTimeoutMs: config.health.probeTimeout, logger: log })
+      : undefined;
+    lease?.start();
+    log.info({ interval: config.health.interval, members: membership.members().length, reportTo: target ?? null, leaseMs: lease ? leaseMsOf(config.health) : null }, 'health monitor started');
+    return new HealthMonitor(prober, reporter, options, lease);
   }
 
   isUnreachable(address: string): boolean {
@@ -87,6 +96,7 @@ export class HealthMonitor {
   }
 
   close(): void {
+    this.lease?.close();
     this.reporter?.close();
     this.prober.close();
     unregisterProbeHandlers(this.options.peers);

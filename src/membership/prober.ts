@@ -299,6 +299,16 @@ export class HealthProber extends EventEmitter<ProberEvents> {
     this.applySuspicion(record, record.incarnation, this.selfId);
   }
 
+  /**
+   * One direct ping, outside the probe schedule: no indirect probes, no suspicion on a miss.
+   * Whether `memberId` acknowledged — the lease keeper's evidence of membership (lease.ts).
+   */
+  async pingForLease(memberId: string, timeoutMs: number): Promise<boolean> {
+    const record = this.peers.get(memberId);
+    if (!record || this.closed) return false;
+    return (await this.pingDirect(record, false, timeoutMs)) === 'ack';
+  }
+
   /** 'ack'; 'refused' — it answered but failed the check or is another member; 'silent' — no answer. */
   private async pingDirect(record: PeerRecord, deep: boolean, timeoutMs: number): Promise<'ack' | 'refused' | 'silent'> {
     const message: PingMessage = {

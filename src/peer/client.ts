@@ -80,8 +80,18 @@ export class PeerClient {
     if (this.faults?.dropsCallTo(address)) throw new MeshError('connect_failure', `peer ${address} is unreachable (${name}): blocked by the fault switch`);
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const payload = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
-    const deadline = AbortSignal.timeout(timeoutMs);
-    const signal = options.signal ? AbortSignal.any([options.signal, deadline]) : deadline;
+    // One controller and one timer per call, cleared when the call ends: AbortSignal.timeout
+    // would keep its timer (and build a DOMException) for the full timeout after every call.
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, timeoutMs);
+    const cancel = (): void => controller.abort();
+    if (options.signal?.aborted) controller.abort();
+    else options.signal?.addEventListener('abort', cancel, { once: true });
+    const signal = controller.signal;
     try {
       const response = await undiciRequest.call(this.pool(address), {
         path: `${PEER_PATH_PREFIX}${name}`,
@@ -117,7 +127,10 @@ export class PeerClient {
         },
       };
     } catch (err) {
-      throw describe(err, address, name, timeoutMs, deadline.aborted, options.signal?.aborted ?? false);
+      throw describe(err, address, name, timeoutMs, timedOut, options.signal?.aborted ?? false);
+    } finally {
+      clearTimeout(timer);
+      options.signal?.removeEventListener('abort', cancel);
     }
   }
 

@@ -9,6 +9,19 @@
 // after a pause long enough to be declared failed cannot acknowledge writes for keys whose
 // ownership moved on while it was frozen.
 //
+// Epochs only fence a sidecar once somebody tells it (a peer's 409, an EDS push). A *lease* closes
+// the gap before that, as leader leases do in Raft or Chubby: a sidecar with live peers may
+// acknowledge replicated writes only while it holds a lease, renewed by evidence of membership — a
+// round of pings a majority of the mesh (itself included) acknowledged — within the last
+// `health.lease` ms, counted from when that round was *sent*. The lease is shorter than the time
+// the mesh needs to declare a member failed (a missed probe plus the shortest suspicion window), so
+// it always runs out before the others can move this sidecar's keys. It is measured on the
+// monotonic clock (performance.now), which keeps counting while the process is SIGSTOPped: after
+// such a pause the lease has expired, and the first write is refused (503 `fenced`) until a fresh
+// round renews it — not acknowledged on the strength of a local replica whose ownership may be
+// gone. A sidecar with no peers at all (or no health monitor to renew it) holds no lease and is
+// never fenced by it. The lease is held from start: a process that just started was not paused.
+//
 // Only epochs the control plane stated count: without xDS (static peers) nothing is fenced, since
 // there is no authority whose epochs could move on. Probes (ping, ping-req) are never fenced: they
 // are how a fenced member proves it is alive and gets re-admitted.
@@ -39,6 +52,19 @@ interface Known {
   state: MemberState | 'removed';
 }
 
+/** The membership lease as the admin API shows it. */
+export interface LeaseStatus {
+  /** Whether writes need it now: the sidecar has live peers and a health monitor renewing it. */
+  required: boolean;
+  /** health.lease, ms. */
+  ms: number;
+  /** Ms of lease left (0: expired); null when never renewed. */
+  remainingMs: number | null;
+  renewals: number;
+  /** Writes refused because the lease had run out, since start. */
+  refusedWrites: number;
+}
+
 export interface FencingStatus {
   fenced: boolean;
   selfEpoch: number;
@@ -47,6 +73,7 @@ export interface FencingStatus {
   reason: string | null;
   /** Peer calls this sidecar refused as stale, since start. */
   refused: number;
+  lease: LeaseStatus;
 }
 
 export class Fencing {
@@ -57,8 +84,52 @@ export class Fencing {
   /** Peers (address) that refused our epoch, with the epoch each needs from us. */
   private readonly refusers = new Map<string, { needed: number; reason: string }>();
   private refusedCount = 0;
+  // The lease (see the top of the file). Monotonic ms: performance.now().
+  private leaseMs = 0;
+  private leaseRequired = false;
+  /** Send time of the newest round of pings a majority acknowledged. */
+  private leaseFrom: number | undefined;
+  private leaseRenewals = 0;
+  private leaseRefusals = 0;
+  /** Called when a write finds the lease expired: the keeper renews at once instead of at its next tick. */
+  private onLeaseLapsed: (() => void) | undefined;
 
   constructor(readonly selfId: string) {}
+
+  /**
+   * Turns the lease on (the health monitor's lease keeper calls it): writes then need a lease
+   * renewed within `leaseMs`. `lapsed` is called when a write finds it expired.
+   */
+  keepLease(leaseMs: number, lapsed?: () => void): void {
+    if (!Number.isFinite(leaseMs) || leaseMs <= 0) throw new Error(`lease must be a positive number of ms, got ${leaseMs}`);
+    this.leaseMs = leaseMs;
+    this.onLeaseLapsed = lapsed;
+    // A sidecar that has just started has not been paused, which is all the lease guards against
+    // (a restarted member is fenced by its new epoch instead): it starts holding one, so the first
+    // writes do not wait for the first round of pings.
+    this.leaseFrom ??= performance.now();
+  }
+
+  /** Whether writes need the lease now: false while the sidecar has no live peer (alone, nobody can take its keys). */
+  setLeaseRequired(required: boolean): void {
+    this.leaseRequired = required && this.leaseMs > 0;
+  }
+
+  /** A majority acknowledged a round of pings sent at `sentAt` (performance.now() ms). */
+  renewLease(sentAt: number): void {
+    if (this.leaseFrom === undefined || sentAt > this.leaseFrom) this.leaseFrom = sentAt;
+    this.leaseRenewals++;
+  }
+
+  /** Whether the lease has run out (always false when no lease is required). */
+  leaseExpired(now = performance.now()): boolean {
+    if (!this.leaseRequired) return false;
+    return this.leaseFrom === undefined || now - this.leaseFrom >= this.leaseMs;
+  }
+
+  private leaseRemaining(now: number): number | null {
+    return this.leaseFrom === undefined ? null : Math.max(0, Math.round(this.leaseFrom + this.leaseMs - now));
+  }
 
   /** The headers every outgoing peer call carries. */
   headers(): Record<string, string> {
@@ -141,25 +212,47 @@ export class Fencing {
     return needed;
   }
 
+  /** Whether the epochs fence this sidecar (declared failed, or refused by a peer), lease aside. */
+  private get fencedByEpoch(): boolean {
+    return this.selfState === 'dead' || this.refusers.size > 0;
+  }
+
   /** Whether this sidecar must not acknowledge replicated writes now. */
   get fenced(): boolean {
-    return this.selfState === 'dead' || this.refusers.size > 0;
+    return this.fencedByEpoch || this.leaseExpired();
   }
 
   /** The refusal a write gets while fenced, else undefined. */
   writeRefusal(): MeshError | undefined {
-    if (!this.fenced) return undefined;
-    const why = this.selfState === 'dead' ? 'the control plane declared this sidecar failed' : ([...this.refusers.values()][0]?.reason ?? 'its epoch is stale');
-    return new MeshError('fenced', `this sidecar takes no writes until the control plane re-admits it with a new epoch: ${why}`, { retryAfter: 1 });
+    if (this.fencedByEpoch) {
+      const why = this.selfState === 'dead' ? 'the control plane declared this sidecar failed' : ([...this.refusers.values()][0]?.reason ?? 'its epoch is stale');
+      return new MeshError('fenced', `this sidecar takes no writes until the control plane re-admits it with a new epoch: ${why}`, { retryAfter: 1 });
+    }
+    const now = performance.now();
+    if (!this.leaseExpired(now)) return undefined;
+    const age = this.leaseFrom === undefined ? 'it never was renewed' : `it was last renewed ${Math.round(now - this.leaseFrom)} ms ago`;
+    return new MeshError('fenced', `this sidecar's membership lease (health.lease ${this.leaseMs} ms) has expired — ${age} — and it takes no writes until a majority of the mesh acknowledges it again`, { retryAfter: 1 });
+  }
+
+  /** The guard on the write path: the refusal, counting lease refusals and asking for a renewal. */
+  guardWrite(): MeshError | undefined {
+    const refusal = this.writeRefusal();
+    if (refusal && !this.fencedByEpoch) {
+      this.leaseRefusals++;
+      this.onLeaseLapsed?.();
+    }
+    return refusal;
   }
 
   status(): FencingStatus {
+    const now = performance.now();
     return {
       fenced: this.fenced,
       selfEpoch: this.selfEpoch,
       requiredEpoch: this.requiredEpoch ?? null,
       reason: this.fenced ? (this.writeRefusal()?.message ?? null) : null,
       refused: this.refusedCount,
+      lease: { required: this.leaseRequired, ms: this.leaseMs, remainingMs: this.leaseRemaining(now), renewals: this.leaseRenewals, refusedWrites: this.leaseRefusals },
     };
   }
 }
@@ -170,7 +263,7 @@ export class Fencing {
  */
 export function fencedWrites(store: ContextStore, fencing: Fencing): ContextStore {
   const refuse = (): void => {
-    const refusal = fencing.writeRefusal();
+    const refusal = fencing.guardWrite();
     if (refusal) throw refusal;
   };
   return new Proxy(store, {
@@ -181,8 +274,9 @@ export function fencedWrites(store: ContextStore, fencing: Fencing): ContextStor
         return async (...args: unknown[]) => {
           refuse();
           const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
-          // Fenced while the write was in flight (a peer refused it, EDS said we are failed): it may
-          // have been applied here, but it is not acknowledged.
+          // Fenced while the write was in flight (a peer refused it, EDS said we are failed, the
+          // lease ran out — e.g. paused mid-write): it may have been applied here, but it is not
+          // acknowledged.
           refuse();
           return result;
         };

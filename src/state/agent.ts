@@ -122,6 +122,11 @@ export class StateAgent {
           store.observe(record.version);
           l2.apply(record);
         },
+        // The snapshot chain in bulk (checkpoint/rebuild.ts); the WAL after it goes through apply.
+        loadSnapshot: (records) => {
+          for (const record of records) store.observe(record.version);
+          l2.loadSnapshot(records);
+        },
       });
       for (const skipped of report.skipped) logger.error(skipped, 'checkpoint chain unreadable; falling back to an older one');
       if (report.torn) logger.warn({ torn: report.torn }, 'WAL replay stopped at a torn or corrupt record');

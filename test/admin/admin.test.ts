@@ -301,6 +301,28 @@ describe('a drain that outlasts drainTimeout', () => {
   });
 });
 
+describe('a drain with a TLS handshake still open', () => {
+  it('cuts the half-open connection instead of waiting out the handshake timeout', async () => {
+    const pki = await createPki();
+    const s = await startSidecar(sidecarConfig(await pki.issue('half-open'), { drainTimeout: '10s', limits: { headersTimeout: '120s' } }));
+    try {
+      // A TCP connection that never sends its ClientHello: node's HTTP layer has not seen it, so
+      // only the listener's own socket list can close it (otherwise it holds close() until the
+      // handshake times out, here after 120 s: past this test's timeout).
+      const socket = net.connect(s.sidecar.ports.inbound, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.on('error', () => {});
+      await s.sidecar.drain();
+      await closed;
+      expect(socket.destroyed).toBe(true);
+      expect(s.logs.lines.some((l) => l.msg === 'drained')).toBe(true);
+    } finally {
+      await s.sidecar.close();
+    }
+  });
+});
+
 describe('the sidecar as a child process', () => {
   let pki: TestPki;
   let app: Awaited<ReturnType<typeof startHeldApp>>;

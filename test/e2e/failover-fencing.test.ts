@@ -231,8 +231,6 @@ describe('fencing and re-admission across a control plane and sidecar processes'
       }
     }
     await Promise.all(chats.map((c) => c.app.close()));
-    await agent.close();
-    rmSync(work, { recursive: true, force: true });
   });
 
   it('a restarted sidecar is healthy again and is not declared failed a second time (regression)', async () => {
@@ -325,6 +323,46 @@ describe('fencing and re-admission across a control plane and sidecar processes'
     }
     expect(missing).toEqual([]);
   }, 150_000);
+
+  it('lease: SIGSTOP longer than the lease but shorter than a declaration, SIGCONT: the very first write is refused 503 fenced, then taken once renewed', async () => {
+    const victim = byId('chat-b');
+    await settle('the mesh settled before the pause');
+    const own = await fence(victim);
+    // The test config's shortest suspicion window (suspicionMinTimeout 800ms) is the default lease.
+    expect((own as FenceView & { lease: { required: boolean; ms: number } }).lease).toMatchObject({ required: true, ms: 800 });
+    expect((await put(victim, 'lease/before', 'before')).status).toBe(204);
+    const declaredBefore = (await failovers(victim, 'declared')).length;
+    victim.child!.kill('SIGSTOP');
+    // Longer than the lease (800ms), shorter than the least a declaration takes (a missed 300ms
+    // probe plus the 800ms suspicion window).
+    await new Promise((r) => setTimeout(r, 1_000));
+    victim.child!.kill('SIGCONT');
+    const first = await put(victim, 'lease/first', 'first');
+    expect(first, JSON.stringify(first)).toMatchObject({ status: 503, code: 'fenced' });
+    // The lease refused it (its own count), not the epochs: the control plane may declare it only later.
+    const refusedAtOnce = ((await fence(victim)) as FenceView & { lease: { refusedWrites: number } }).lease.refusedWrites;
+    expect(refusedAtOnce).toBeGreaterThanOrEqual(1);
+    const declaredDuring = (await failovers(victim, 'declared')).length - declaredBefore;
+    let taken: Write | undefined;
+    for (const until_ = Date.now() + 20_000; Date.now() < until_; ) {
+      const write = await put(victim, 'lease/after', 'after');
+      if (write.status === 204) {
+        taken = write;
+        break;
+      }
+      expect(write.code).toBe('fenced');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(taken?.status).toBe(204);
+    const after = (await fence(victim)) as FenceView & { lease: { refusedWrites: number; renewals: number } };
+    expect(after.lease.refusedWrites).toBeGreaterThanOrEqual(1);
+    // The refused write was refused before it was applied: no replica has it.
+    const read = await request(`http://127.0.0.1:${byId('chat-a').context}/v1/contexts/lease/first`, { dispatcher: agent, headers: { 'ctxmesh-consistency': 'strong' } });
+    await read.body.text();
+    expect(read.statusCode).toBe(404);
+    console.log(`lease: first write after a 1s pause refused; declared ${declaredDuring}× meanwhile`);
+    await settle('chat-b settled after the pause');
+  }, 90_000);
 
   const held = async (node: ChatNode, prefix: string): Promise<Array<{ key: string; l1: boolean }>> =>
     (await getJson<{ keys: Array<{ key: string; l1: boolean }> }>(`http://127.0.0.1:${node.admin}/members/held?prefix=${encodeURIComponent(prefix)}&limit=10000`)).keys;
@@ -428,7 +466,9 @@ describe('fencing and re-admission across a control plane and sidecar processes'
     running = false;
     await load;
 
-    expect(handover).toMatchObject({ state: 'done', strays: 0, announced: 'control_plane' });
+    // On failure, what it still held (with stray flags) and its log say why.
+    const why = handover?.state === 'done' ? '' : `still held: ${JSON.stringify(await held(leaving, 'drain/').catch((err: Error) => err.message))}\n${leaving.output.slice(-4_000)}`;
+    expect(handover, why).toMatchObject({ state: 'done', strays: 0, announced: 'control_plane' });
     expect(handover!.pushed).toBeGreaterThan(0);
     expect((await registryEndpoint(leaving))?.health).toBe('DRAINING');
     expect((await failovers(leaving, 'drain')).length).toBe(1);
@@ -463,7 +503,12 @@ describe('fencing and re-admission across a control plane and sidecar processes'
   it('an operator’s drain through the control plane: the sidecar sees itself DRAINING in EDS and hands its keys over on its own', async () => {
     const leaving = byId('chat-c');
     const staying = chats.filter((c) => c !== leaving);
-    // chat-c comes back (a new incarnation clears its DRAINING) and takes part again.
+    // chat-c comes back (a new incarnation clears its DRAINING) and takes part again. If the test
+    // before failed ahead of its SIGKILL, the drained process still holds chat-c's ports: end it.
+    if (leaving.child && leaving.child.exitCode === null && leaving.child.signalCode === null) {
+      leaving.child.kill('SIGKILL');
+      await leaving.exited;
+    }
     await startProc(leaving, 'sidecar');
     await settle('chat-c back everywhere');
     const writes: Write[] = [];
@@ -492,4 +537,57 @@ describe('fencing and re-admission across a control plane and sidecar processes'
     expect(during.status).toBe(204);
     for (const node of staying) expect((await held(node, 'opdrain/late')).map((r) => r.key)).toEqual(['opdrain/late']);
   }, 120_000);
+});
+
+describe('the membership lease without peers', () => {
+  const solo: ChatNode = { id: 'solo', configFile: join(work, 'solo.yaml'), admin: 0, inbound: 0, context: 0, address: '', app: undefined as unknown as TestApp, child: undefined, exited: undefined, output: '' };
+
+  beforeAll(async () => {
+    if (!existsSync(CLI)) spawnSync('npx', ['tsc', '-p', 'tsconfig.json'], { stdio: 'ignore', timeout: BUILD_TIMEOUT_MS });
+    const pki = await createPki();
+    solo.app = await startApp('solo');
+    [solo.admin, solo.inbound, solo.context] = [await freePort(), await freePort(), await freePort()];
+    writeFileSync(
+      solo.configFile,
+      JSON.stringify({
+        node: { id: 'solo', cluster: 'solo', zone: 'z1' },
+        identity: await pki.issue('solo'),
+        inbound: { port: solo.inbound, address: '127.0.0.1', app: solo.app.url, allow: ['spiffe://ctxmesh.local/ns/default/sa/*'] },
+        outbound: { port: 0 },
+        admin: { port: solo.admin },
+        // The same short windows as the mesh above (a lease would be 800ms), but nobody to hold it against.
+        health: { enabled: true, interval: '300ms', probeTimeout: '300ms', suspicionTimeout: '1500ms', suspicionMinTimeout: '800ms' },
+        context: { port: solo.context, l2: { backend: 'memory' }, checkpoint: { dir: join(work, 'solo-data') } },
+        log: { level: 'warn', accessLog: false },
+      }),
+    );
+    await startProc(solo, 'sidecar');
+  }, 60_000);
+
+  afterAll(async () => {
+    const child = solo.child;
+    if (child && child.signalCode === null && child.exitCode === null) {
+      child.kill('SIGCONT');
+      child.kill('SIGKILL');
+      await solo.exited;
+    }
+    await solo.app?.close();
+  });
+
+  it('a single sidecar (no peers, no replication) is never fenced, not even right after a pause longer than a lease', async () => {
+    expect((await put(solo, 'solo/before', 'v')).status).toBe(204);
+    solo.child!.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 1_600));
+    solo.child!.kill('SIGCONT');
+    const first = await put(solo, 'solo/first', 'v');
+    expect(first, JSON.stringify(first)).toMatchObject({ status: 204 });
+    const view = await getJson<{ fencing: { fenced: boolean; lease: { required: boolean; refusedWrites: number } } }>(`http://127.0.0.1:${solo.admin}/clusters`);
+    expect(view.fencing).toMatchObject({ fenced: false, lease: { required: false, refusedWrites: 0 } });
+  }, 30_000);
+});
+
+// Shared by both describes: closed once both are done.
+afterAll(async () => {
+  await agent.close();
+  rmSync(work, { recursive: true, force: true });
 });

@@ -70,10 +70,10 @@ async function readAll(path: string, key?: Buffer): Promise<ContextRecord[]> {
 }
 
 /** What a reader delivers before it fails, and how it fails. */
-async function readUntilError(path: string, key?: Buffer): Promise<{ records: ContextRecord[]; error?: unknown }> {
+async function readUntilError(path: string, key?: Buffer, readBytes?: number): Promise<{ records: ContextRecord[]; error?: unknown }> {
   const records: ContextRecord[] = [];
   try {
-    for await (const batch of readSnapshot(path, { key })) records.push(...batch);
+    for await (const batch of readSnapshot(path, { key, readBytes })) records.push(...batch);
     return { records };
   } catch (error) {
     return { records, error };
@@ -222,6 +222,27 @@ describe('keys', () => {
     expect((wrong.error as Error).message).not.toContain(KEY.toString('hex'));
   });
 
+  it('reads in slabs of any size: blocks across slab ends, a block bigger than a slab, values as views', async () => {
+    const dir = tempDir();
+    const path = join(dir, 's.snap');
+    const records = [...makeRecords(400), { ...makeRecords(1, 400)[0]!, key: 'big', value: randomBytes(20_000) }, ...makeRecords(100, 401)];
+    await write(path, records, { blockBytes: 1024 });
+    const file = readFileSync(path);
+    for (const readBytes of [FRAME_HEAD_BYTES, 700, 1_500, 4_096, 9_999, file.length, 8 * 1024 * 1024]) {
+      const read: ContextRecord[] = [];
+      for await (const batch of readSnapshot(path, { readBytes })) read.push(...batch);
+      expect(read, `readBytes ${readBytes}`).toEqual(records);
+      // Not a buffer per value: values share the slab they were read into.
+      const nonEmpty = read.filter((r) => r.value.length > 0);
+      expect(new Set(nonEmpty.map((r) => r.value.buffer)).size, `readBytes ${readBytes}`).toBeLessThan(nonEmpty.length);
+      expect(read.find((r) => r.key === 'big')!.value.buffer.byteLength).toBeGreaterThanOrEqual(Math.max(readBytes, 20_000));
+    }
+    await expect(readAll(path, undefined)).resolves.toHaveLength(records.length);
+    await expect(async () => {
+      for await (const _ of readSnapshot(path, { readBytes: 19 }));
+    }).rejects.toThrow(RangeError);
+  });
+
   it('a key given for an unencrypted snapshot is not needed', async () => {
     const dir = tempDir();
     const records = makeRecords(10);
@@ -244,7 +265,9 @@ describe('damage', () => {
     return [...offsets].sort((a, b) => a - b);
   }
 
-  for (const { name, options } of [MODES[0]!, MODES[3]!]) {
+  // The third: a restore's reader with slabs far smaller than the file, so that every damage lands
+  // near a slab's end somewhere (the default, 8 MiB, reads these files in one).
+  for (const { name, options, readBytes } of [MODES[0]!, MODES[3]!, { ...MODES[0]!, name: 'plain, 1,500-byte slabs', readBytes: 1_500 }]) {
     it(`truncation anywhere is SNAPSHOT_TRUNCATED, ${name}`, async () => {
       const dir = tempDir();
       const records = makeRecords(60);
@@ -256,7 +279,7 @@ describe('damage', () => {
       expect(offsets.length).toBeGreaterThan(300);
       for (const [i, length] of offsets.entries()) {
         writeFileSync(path, file.subarray(0, length));
-        const { records: delivered, error } = await readUntilError(path, options.key);
+        const { records: delivered, error } = await readUntilError(path, options.key, readBytes);
         expect(error, `cut at ${length}`).toBeInstanceOf(SnapshotError);
         expect((error as SnapshotError).code, `cut at ${length}: ${(error as Error).message}`).toBe('SNAPSHOT_TRUNCATED');
         expect((error as SnapshotError).path).toBe(path);
@@ -278,7 +301,7 @@ describe('damage', () => {
         const damaged = Buffer.from(file);
         damaged[offset]! ^= 1 << (i % 8);
         writeFileSync(path, damaged);
-        const { records: delivered, error } = await readUntilError(path, options.key);
+        const { records: delivered, error } = await readUntilError(path, options.key, readBytes);
         expect(error, `bit ${i % 8} at ${offset}`).toBeInstanceOf(SnapshotError);
         expect((error as SnapshotError).code, `bit ${i % 8} at ${offset}: ${(error as Error).message}`).toBe('SNAPSHOT_CORRUPT');
         expect(typeof (error as SnapshotError).offset).toBe('number');

@@ -22,6 +22,18 @@ export class SnapshotView {
 /** Records per array handed to the snapshot writer: small enough to keep the event loop moving. */
 const VIEW_BATCH = 512;
 
+/**
+ * A value whose buffer is at least this big shares it with others: a restore's read slab or a
+ * decrypted/inflated block (snapshot-file.ts). Smaller ones (Buffer's 8 KiB pool) are not tracked.
+ */
+const SHARED_BUFFER_MIN_BYTES = 64 * 1024;
+
+/** The values loaded from one shared buffer, and how many of them are still the current ones. */
+interface SharedBuffer {
+  keys: string[];
+  current: number;
+}
+
 export class MemoryL2 extends EventEmitter implements L2Tier {
   readonly kind = 'memory';
   readonly available = true;
@@ -30,6 +42,10 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   private readonly views = new Set<SnapshotView>();
   /** Keys changed since the last view opened. */
   private changed = new Set<string>();
+  /** Buffers that values loaded by loadSnapshot share (weak: one none uses is garbage as usual). */
+  private shared = new WeakMap<ArrayBufferLike, SharedBuffer>();
+  /** How many of them still hold a current value: while 0, writes skip the bookkeeping. */
+  private sharedCount = 0;
 
   constructor(private readonly now: () => number = Date.now) {
     super();
@@ -66,8 +82,66 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   /** Applies a record without a condition, synchronously: WAL replay at start uses it. */
   apply(record: ContextRecord): void {
     this.beforeChange(record.key);
+    if (this.sharedCount > 0) this.release(this.records.get(record.key));
     if (record.tombstone || isExpired(record, this.now())) this.records.delete(record.key);
     else this.records.set(record.key, record);
+  }
+
+  /**
+   * Loads records read from a snapshot chain, in order, in bulk: a restore's path. Unlike apply,
+   * the keys are not marked changed — the state loaded is the chain's tip, which the next
+   * incremental builds on (CheckpointManager's `loaded`), so they are not changes since it — and
+   * values sharing a read buffer are tracked so the last ones still current in a mostly replaced
+   * buffer get copied out (see release). With a view open it is apply, record by record.
+   */
+  loadSnapshot(records: readonly ContextRecord[]): void {
+    if (this.views.size > 0) {
+      for (const record of records) this.apply(record);
+      return;
+    }
+    const now = this.now();
+    for (const record of records) {
+      if (this.sharedCount > 0) this.release(this.records.get(record.key));
+      if (record.tombstone || isExpired(record, now)) {
+        this.records.delete(record.key);
+        continue;
+      }
+      this.records.set(record.key, record);
+      const buffer = record.value.buffer;
+      if (buffer.byteLength < SHARED_BUFFER_MIN_BYTES) continue;
+      let shared = this.shared.get(buffer);
+      if (shared === undefined) {
+        this.shared.set(buffer, (shared = { keys: [], current: 0 }));
+        this.sharedCount++;
+      }
+      shared.keys.push(record.key);
+      shared.current++;
+    }
+  }
+
+  /**
+   * `previous` stops being current. Once fewer than half of a shared buffer's values are current,
+   * the rest are copied into buffers of their own and the shared one is left to the GC: a value
+   * never keeps more than about its own size again of dead neighbours alive, and each value is
+   * copied out at most once.
+   */
+  private release(previous: ContextRecord | undefined): void {
+    if (previous === undefined) return;
+    const buffer = previous.value.buffer;
+    const shared = this.shared.get(buffer);
+    if (shared === undefined) return;
+    shared.current--;
+    if (shared.current * 2 >= shared.keys.length) return;
+    this.shared.delete(buffer);
+    this.sharedCount--;
+    for (const key of shared.keys) {
+      const record = this.records.get(key);
+      if (record === undefined || record === previous || record.value.buffer !== buffer) continue;
+      const value = Buffer.allocUnsafe(record.value.length);
+      record.value.copy(value);
+      // The same record, another buffer: not a change (no view or incremental needs to see it).
+      this.records.set(key, { ...record, value });
+    }
   }
 
   private beforeChange(key: string): void {
@@ -159,6 +233,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
    */
   erase(key: string): void {
     if (this.views.size > 0) throw new Error('erase while a snapshot view is open');
+    if (this.sharedCount > 0) this.release(this.records.get(key));
     this.records.delete(key);
     this.changed.delete(key);
   }
@@ -167,6 +242,8 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   clear(): void {
     for (const key of this.records.keys()) this.beforeChange(key);
     this.records.clear();
+    this.shared = new WeakMap();
+    this.sharedCount = 0;
   }
 
   close(): Promise<void> {
@@ -178,6 +255,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     const record = this.records.get(key);
     if (record && isExpired(record, this.now())) {
       this.beforeChange(key);
+      if (this.sharedCount > 0) this.release(record);
       this.records.delete(key);
       return undefined;
     }

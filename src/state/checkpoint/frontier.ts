@@ -59,6 +59,11 @@ export class FrontierTrackingL2 extends MemoryL2 {
     this.frontier.note(record.version);
   }
 
+  override loadSnapshot(records: readonly ContextRecord[]): void {
+    super.loadSnapshot(records);
+    for (const record of records) this.frontier.note(record.version);
+  }
+
   override clear(): void {
     super.clear();
     this.frontier.clear();

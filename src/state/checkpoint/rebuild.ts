@@ -50,7 +50,12 @@ export class RebuildError extends Error {
 export async function rebuild(
   source: RebuildSource,
   point: RebuildPoint,
-  target: { reset(): void; apply(record: ContextRecord): void },
+  target: {
+    reset(): void;
+    apply(record: ContextRecord): void;
+    /** The snapshot chain's records, a batch at a time (MemoryL2.loadSnapshot); without it, apply each. */
+    loadSnapshot?(records: readonly ContextRecord[]): void;
+  },
   onProgress?: (phase: 'snapshot' | 'wal', records: number) => void,
 ): Promise<RebuildReport> {
   const { entries, unreadable } = await readCatalog(source.dir);
@@ -67,7 +72,8 @@ export async function rebuild(
     try {
       for (const link of chain) {
         for await (const batch of readSnapshot(link.path, { key: source.encryptionKey })) {
-          for (const record of batch) target.apply(record);
+          if (target.loadSnapshot) target.loadSnapshot(batch);
+          else for (const record of batch) target.apply(record);
           report.snapshotRecords += batch.length;
           onProgress?.('snapshot', report.snapshotRecords);
         }

@@ -54,6 +54,30 @@ export function decodeRecordList(bytes: Buffer): Array<ContextRecord | undefined
   return out;
 }
 
+/**
+ * A message of a JSON head and a record list: `u32 length, JSON head, record list`. Strong
+ * operations travel so (one item, or a batch whose head lists the items beside their records).
+ */
+export function encodeFramed(head: object, records: ReadonlyArray<ContextRecord | undefined>): Buffer {
+  const json = Buffer.from(JSON.stringify(head));
+  const length = Buffer.allocUnsafe(4);
+  length.writeUInt32BE(json.length, 0);
+  return Buffer.concat([length, json, encodeRecordList(records)]);
+}
+
+/** Throws MeshError bad_request on a truncated message or a head that is not JSON. */
+export function decodeFramed<T>(body: Buffer, what: string): { head: T; records: Array<ContextRecord | undefined> } {
+  if (body.length < 4 || body.readUInt32BE(0) > body.length - 4) throw new MeshError('bad_request', `${what}: truncated message`);
+  const end = 4 + body.readUInt32BE(0);
+  let head: T;
+  try {
+    head = JSON.parse(body.subarray(4, end).toString('utf8')) as T;
+  } catch {
+    throw new MeshError('bad_request', `${what}: the message head is not JSON`);
+  }
+  return { head, records: decodeRecordList(body.subarray(end)) };
+}
+
 /** Bytes a record adds to a record list: what batches and lag are measured in. */
 export function encodedSize(record: ContextRecord): number {
   return 4 + 2 + Buffer.byteLength(record.key) + 64 + record.version.length + record.contentType.length + record.value.length;

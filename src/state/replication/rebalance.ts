@@ -60,6 +60,8 @@ export interface HandoffStats {
 
 export class Rebalancer {
   private timer: NodeJS.Timeout | undefined;
+  /** performance.now() at which the pending timer fires: a sooner request replaces it. */
+  private timerDue = 0;
   private running: Promise<void> | undefined;
   private again = false;
   private failures = 0;
@@ -67,6 +69,9 @@ export class Rebalancer {
   private readonly handedOff: Counter;
   private readonly dropped: Counter;
   totals: HandoffStats = { considered: 0, pushed: 0, dropped: 0, kept: 0 };
+  /** Passes finished since start, and the figures of the last one: what a drain measures progress by. */
+  passes = 0;
+  lastPass: HandoffStats = { considered: 0, pushed: 0, dropped: 0, kept: 0 };
 
   constructor(private readonly options: RebalancerOptions) {
     const registers = [options.registry];
@@ -95,10 +100,14 @@ export class Rebalancer {
       this.again = true;
       return;
     }
+    const due = performance.now() + delayMs;
     if (this.timer) {
-      if (delayMs > 0) return;
+      // A pass already due at least as soon covers this request; a sooner one replaces a retry's
+      // backoff (a write that just made a new stray should not wait out a failed push's 5 s).
+      if (this.timerDue <= due) return;
       clearTimeout(this.timer);
     }
+    this.timerDue = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.run();
@@ -134,6 +143,8 @@ export class Rebalancer {
   }
 
   private afterPass(stats: HandoffStats): void {
+    this.passes++;
+    this.lastPass = stats;
     if (stats.kept > 0) {
       this.failures++;
       this.schedule(this.retryDelay());
@@ -148,6 +159,9 @@ export class Rebalancer {
   }
 
   private retryDelay(): number {
+    // Out of the ring altogether (draining): every key held here is to go, and soon — no backoff
+    // beyond the first step, whatever failed before.
+    if (!this.options.ring.liveIds().includes(this.options.nodeId)) return FIRST_RETRY_MS;
     return Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** Math.min(this.failures, 10));
   }
 

@@ -41,7 +41,8 @@ export interface AcceptorState {
 }
 
 export type PrepareAnswer = ({ ok: true } & AcceptorState) | { ok: false; promised: Version };
-export type AcceptAnswer = { ok: true } | { ok: false; promised: Version };
+/** `next`: the ballot promised along with the accept, when the accept asked for one. */
+export type AcceptAnswer = { ok: true; next?: Version } | { ok: false; promised: Version };
 
 interface Ballots {
   promised?: Version;
@@ -97,12 +98,14 @@ export class ReplicaStore {
    * Stores `record` if it is newer than the held version; durable (WAL) before it resolves. A
    * record older than a ballot this replica promised to a strong operation on the key is stale
    * too: it comes from a write that operation may not have seen (a late hint of a failed write),
-   * and taking it now would let it outrank what that operation decides.
+   * and taking it now would let it outrank what that operation decides. A record at exactly the
+   * promised ballot is that operation's own proposal (a hint of its accept that failed here): a
+   * replica that promised a ballot may take its proposal.
    */
   apply(record: ContextRecord): Promise<ApplyOutcome> {
     return this.locks.run(record.key, async () => {
       const promised = this.ballots.get(record.key)?.promised;
-      if (promised !== undefined && compareVersions(record.version, promised) <= 0) {
+      if (promised !== undefined && compareVersions(record.version, promised) < 0) {
         this.stale++;
         return 'stale';
       }
@@ -210,8 +213,14 @@ export class ReplicaStore {
   /**
    * Stores `record` as the key's state at `ballot` — replacing whatever is held, even a record
    * with a later version (a write that never reached a quorum): the quorum decided otherwise.
+   *
+   * `next` (higher than `ballot`, from the same proposer) is promised once the record is
+   * accepted: the prepare of the proposer's next operation on the key, answered now with the
+   * state just accepted. That proposer may then send its next accept at exactly `next` without a
+   * prepare round; any other ballot up to `next` is refused meanwhile, and anything that changes
+   * this replica's state (a higher ballot, a newer record) makes that accept fail here.
    */
-  accept(key: string, ballot: Version, record: ContextRecord): Promise<AcceptAnswer> {
+  accept(key: string, ballot: Version, record: ContextRecord, next?: Version): Promise<AcceptAnswer> {
     if (record.key !== key) return Promise.reject(new MeshError('bad_request', `accept of ${key} carries a record of ${record.key}`));
     return this.locks.run(key, async () => {
       this.store.observe(ballot);
@@ -225,10 +234,42 @@ export class ReplicaStore {
         if (this.conflicts?.tiered(key)) this.onReconcile?.(key, { state: stateOf(fromStored(record)), changed: true, dropped: [] });
       }
       const entry = this.entry(key);
-      entry.promised = ballot;
       entry.accepted = ballot;
+      if (next !== undefined && compareVersions(next, ballot) > 0) {
+        this.store.observe(next);
+        entry.promised = next;
+        return { ok: true, next };
+      }
+      entry.promised = ballot;
       return { ok: true };
     });
+  }
+
+  /**
+   * The key's state if this replica still holds exactly the promise `promised` (made by an accept
+   * with `next`) and still holds the state accepted at `accepted`: nothing else was promised,
+   * accepted or applied on the key since. Else undefined.
+   */
+  promisedState(key: string, promised: Version, accepted: Version): Promise<AcceptorState | undefined> {
+    const entry = this.ballots.get(key);
+    if (entry?.promised !== promised || entry.accepted !== accepted) return Promise.resolve(undefined);
+    return this.locks.run(key, async () => {
+      const now = this.ballots.get(key);
+      if (now?.promised !== promised || now.accepted !== accepted) return undefined;
+      const record = await this.read(key);
+      return this.acceptedBallot(key, record) === accepted ? { record, accepted } : undefined;
+    });
+  }
+
+  /**
+   * Withdraws the promise of `next` made with an accept at `ballot`, if nothing was promised since:
+   * its proposer (this sidecar) will never use it, as the write it came with was not
+   * acknowledged. The replica then refuses only what the accept alone would have refused, so hints
+   * and repairs of what a quorum decided meanwhile can land here.
+   */
+  withdraw(key: string, next: Version, ballot: Version): void {
+    const entry = this.ballots.get(key);
+    if (entry?.promised === next && entry.accepted === ballot) entry.promised = ballot;
   }
 
   private acceptedBallot(key: string, record: ContextRecord | undefined): Version | undefined {

@@ -52,12 +52,12 @@ import { isExpired, type ContextRecord } from '../record.js';
 import type { Access, Consistency, ContextStore, Mutation, ReadResult, StoreStats } from '../store.js';
 import { compareVersions, makeVersion, versionTimestamp, type Version } from '../version.js';
 import { contextOf, EMPTY_VECTOR, parseDotVersion, type Siblings, type VersionVector } from './clock.js';
-import { decodeRecordList, encodeRecordList, isSiblingRecord, recordOfState, stateOf, type StoredPayload } from './codec.js';
+import { decodeFramed, decodeRecordList, encodeFramed, encodeRecordList, isSiblingRecord, recordOfState, stateOf, type StoredPayload } from './codec.js';
 import { checkResolution, ConflictRegistry, MAX_CONFLICT_LIST_LIMIT, type ConflictPage, type ConflictStore, type ConflictSummary, type SiblingReadResult } from './conflicts.js';
 import type { HintStore } from './hints.js';
 import { ConflictPolicies, conflictVersion, type ConflictVersion, type Reconciliation } from './merge.js';
 import { compareRecords, newestOf } from './order.js';
-import { PeerLink, REPLICATE } from './peer-link.js';
+import { PeerLink, REPLICATE, RoundLink, type RoundAnswer } from './peer-link.js';
 import { TOMBSTONE_GRACE_MS, type AcceptAnswer, type AcceptorState, type ApplyOutcome, type PrepareAnswer, type ReplicaStore } from './replica-store.js';
 import { PlacementRing } from './ring.js';
 
@@ -74,6 +74,8 @@ export const CONFLICTS = 'conflicts';
 const LOGGED_BODY_BYTES = 512;
 /** Rounds a strong operation may run (each after a randomised pause) before giving up. */
 const MAX_STRONG_ATTEMPTS = 12;
+/** Keys whose next-ballot promise a coordinator remembers (the oldest are forgotten: a prepare round then). */
+const MAX_HELD_PROMISES = 100_000;
 
 /** What the state agent needs from the sidecar to replicate. */
 export interface Peering {
@@ -131,6 +133,10 @@ export class Replicator implements ContextStore, ConflictStore {
   readonly conflictRegistry = new ConflictRegistry<StoredPayload>();
   private readonly siblingsDropped: Counter;
   private readonly links = new Map<string, PeerLink>();
+  /** Per key, the promise this sidecar's last strong write left on a quorum (see keepPromise). */
+  private readonly promises = new Map<string, { ballot: Version; accepted: Version; placement: string }>();
+  /** Batching links of strong rounds, per call name and peer. */
+  private readonly roundLinks = new Map<string, RoundLink>();
   private readonly locks = new KeyedLock();
   private readonly now: () => number;
   private readonly config: ReplicationConfig;
@@ -144,6 +150,7 @@ export class Replicator implements ContextStore, ConflictStore {
   private readonly lagging = new Set<string>();
   private readonly writes: Counter<'consistency' | 'outcome'>;
   private readonly repairs: Counter;
+  private readonly preparesSkipped: Counter;
   private closed = false;
 
   constructor(private readonly options: ReplicatorOptions) {
@@ -179,25 +186,33 @@ export class Replicator implements ContextStore, ConflictStore {
       }
       return { body: await this.replica.list(prefix, after as string | undefined, limit) };
     });
-    router.add(PEEK, async (body) => {
-      const { key } = parseJson<{ key?: unknown }>(body, PEEK);
-      if (typeof key !== 'string') throw new MeshError('bad_request', `${PEEK} takes {"key": string}`);
-      const state = await this.replica.peek(key);
-      return { body: frame({ accepted: state.accepted ?? null }, [state.record]) };
-    });
-    router.add(PREPARE, async (body) => {
-      const { key, ballot } = parseJson<{ key?: unknown; ballot?: unknown }>(body, PREPARE);
-      if (typeof key !== 'string' || !isBallot(ballot)) throw new MeshError('bad_request', `${PREPARE} takes {"key": string, "ballot": "<wall>.<logical>@<node>"}`);
-      const answer = await this.replica.prepare(key, ballot);
-      return { body: answer.ok ? frame({ ok: true, accepted: answer.accepted ?? null }, [answer.record]) : frame({ ok: false, promised: answer.promised }, []) };
-    });
-    router.add(ACCEPT, async (body) => {
-      const { head, records } = unframe<{ key?: unknown; ballot?: unknown }>(body, ACCEPT);
-      const record = records[0];
-      if (typeof head.key !== 'string' || !isBallot(head.ballot) || records.length !== 1 || !record) {
-        throw new MeshError('bad_request', `${ACCEPT} takes {"key": string, "ballot": string} and one record`);
+    // Strong rounds: one item as a JSON body (PEEK, PREPARE) or a framed one (ACCEPT), or a batch
+    // of items from a RoundLink (framed, `{"items": [...]}`), answered item by item.
+    const peekItem = async (head: Record<string, unknown>): Promise<RoundAnswer> => {
+      if (typeof head.key !== 'string') throw new MeshError('bad_request', `${PEEK} takes {"key": string}`);
+      const state = await this.replica.peek(head.key);
+      return { head: { accepted: state.accepted ?? null }, record: state.record };
+    };
+    const prepareItem = async (head: Record<string, unknown>): Promise<RoundAnswer> => {
+      if (typeof head.key !== 'string' || !isBallot(head.ballot)) throw new MeshError('bad_request', `${PREPARE} takes {"key": string, "ballot": "<wall>.<logical>@<node>"}`);
+      const answer = await this.replica.prepare(head.key, head.ballot);
+      return answer.ok ? { head: { ok: true, accepted: answer.accepted ?? null }, record: answer.record } : { head: { ok: false, promised: answer.promised }, record: undefined };
+    };
+    const acceptItem = async (head: Record<string, unknown>, record: ContextRecord | undefined): Promise<RoundAnswer> => {
+      if (typeof head.key !== 'string' || !isBallot(head.ballot) || !record || (head.next !== undefined && !isBallot(head.next))) {
+        throw new MeshError('bad_request', `${ACCEPT} takes {"key": string, "ballot": string, "next"?: string} and one record`);
       }
-      return { body: await this.replica.accept(head.key, head.ballot, record) };
+      const answer = await this.replica.accept(head.key, head.ballot, record, head.next as Version | undefined);
+      return { head: answer, record: undefined };
+    };
+    const single = (answer: RoundAnswer): { body: Buffer } => ({ body: frame(answer.head, [answer.record]) });
+    router.add(PEEK, async (body) => (isJsonBody(body) ? single(await peekItem(parseJson<Record<string, unknown>>(body, PEEK))) : serveItems(body, PEEK, peekItem)));
+    router.add(PREPARE, async (body) => (isJsonBody(body) ? single(await prepareItem(parseJson<Record<string, unknown>>(body, PREPARE))) : serveItems(body, PREPARE, prepareItem)));
+    router.add(ACCEPT, async (body) => {
+      const { head, records } = unframe<Record<string, unknown>>(body, ACCEPT);
+      if (Array.isArray(head.items)) return serveItems(body, ACCEPT, acceptItem);
+      if (records.length !== 1) throw new MeshError('bad_request', `${ACCEPT} takes {"key": string, "ballot": string} and one record`);
+      return { body: (await acceptItem(head, records[0])).head };
     });
     router.add(CONFLICTS, async (body) => {
       const { prefix, after, limit } = parseJson<{ prefix?: unknown; after?: unknown; limit?: unknown }>(body, CONFLICTS);
@@ -215,6 +230,11 @@ export class Replicator implements ContextStore, ConflictStore {
       registers,
     });
     this.repairs = new Counter({ name: 'ctxmesh_replication_read_repairs_total', help: 'Stale replicas sent the newest version by a read.', registers });
+    this.preparesSkipped = new Counter({
+      name: 'ctxmesh_replication_strong_prepares_skipped_total',
+      help: 'Strong writes coordinated here that went straight to the accept round on a promise their previous write on the key left.',
+      registers,
+    });
     this.siblingsDropped = new Counter({
       name: 'ctxmesh_replication_siblings_dropped_total',
       help: 'Concurrent versions dropped because a key held more than its maxSiblings (context.replication.conflicts).',
@@ -370,23 +390,44 @@ export class Replicator implements ContextStore, ConflictStore {
       this.writes.labels('strong', 'indeterminate').inc();
       return new MeshError('indeterminate', `strong write of ${key} ${why}${stored ? '' : ' (not stored on any replica)'}`);
     };
+    const self = replicas.some((m) => m.id === this.options.nodeId);
+    let atOnce = false;
     for (let attempt = 0; ; attempt++) {
-      if (attempt > 0) {
+      if (attempt > 0 && !atOnce) {
         if (attempt >= MAX_STRONG_ATTEMPTS || this.now() >= deadline) throw fail(`did not complete in ${attempt} rounds: ${last}`, false);
         await pause(Math.random() * Math.min(50, 2 ** attempt * 2));
       }
+      atOnce = false;
       const t = clock.tick();
-      const ballot = makeVersion(t, this.options.nodeTag);
-      const prepared = await this.round(replicas, needed, (m) => this.prepareAt(m, key, ballot), (a) => a.ok);
-      for (const r of prepared.refusals) if (!r.value.ok) this.options.store.observe(r.value.promised);
-      const promises = prepared.oks.map((a) => ({ member: a.member, state: a.value as AcceptorState }));
-      if (promises.length < needed) {
-        last = `${promises.length} of ${replicas.length} replicas acknowledged, ${needed} needed${prepared.failures.length ? ` (${describeFailures(prepared.failures)})` : ''}`;
-        // Not enough replicas answer at all: retrying within this operation would not help.
-        if (prepared.failures.length > replicas.length - needed) throw fail(`(ballot ${ballot}) failed: ${last}`, false);
-        continue;
+      // A write's first attempt skips the prepare round when this sidecar's last accept on the
+      // key left a quorum promised to its next ballot and nothing changed since (see `promised`).
+      const fast = attempt === 0 && kind === 'write' && self ? await this.takePromise(key, replicas, access) : undefined;
+      let ballot: Version;
+      let newest: AcceptorState;
+      /** Whether `newest` is on a quorum at one ballot (answerable as it is). */
+      let agreed = false;
+      let unreachable: Array<{ member: Member; error: Error }> = [];
+      if (fast) {
+        ballot = fast.ballot;
+        newest = fast.state;
+      } else {
+        ballot = makeVersion(t, this.options.nodeTag);
+        const prepared = await this.round(replicas, needed, (m) => this.prepareAt(m, key, ballot), (a) => a.ok);
+        for (const r of prepared.refusals) if (!r.value.ok) this.options.store.observe(r.value.promised);
+        // A replica that refuses our epoch (fencing): this sidecar must not write at all.
+        const fenced = prepared.failures.find((f) => isFenceRefusal(f.error));
+        if (fenced) throw this.fencedFailure(key, fenced, false);
+        const promises = prepared.oks.map((a) => ({ member: a.member, state: a.value as AcceptorState }));
+        if (promises.length < needed) {
+          last = `${promises.length} of ${replicas.length} replicas acknowledged, ${needed} needed${prepared.failures.length ? ` (${describeFailures(prepared.failures)})` : ''}`;
+          // Not enough replicas answer at all: retrying within this operation would not help.
+          if (prepared.failures.length > replicas.length - needed) throw fail(`(ballot ${ballot}) failed: ${last}`, false);
+          continue;
+        }
+        newest = newestState(promises.map((p) => p.state));
+        unreachable = prepared.failures;
+        agreed = agreement(promises.map((p) => p.state), needed) !== undefined;
       }
-      const newest = newestState(promises.map((p) => p.state));
       let make: ((ballot: Version, wall: number) => ContextRecord) | undefined;
       let refusal: unknown;
       try {
@@ -396,8 +437,13 @@ export class Replicator implements ContextStore, ConflictStore {
       }
       let proposal = make?.(ballot, t.wall);
       if (!proposal) {
+        // A promise held from the last accept says nothing about the state now: ask the quorum.
+        if (fast) {
+          atOnce = true;
+          continue;
+        }
         // The state stays: answer it once it is on a quorum at one ballot.
-        if (agreement(promises.map((p) => p.state), needed)) {
+        if (agreed) {
           if (refusal) throw refusal;
           return { current: newest.record };
         }
@@ -405,17 +451,22 @@ export class Replicator implements ContextStore, ConflictStore {
       const writing = proposal !== undefined;
       proposal ??= newest.record ?? tombstoneAt(key, ballot, t.wall);
       const toAccept = proposal;
+      // The ballot each replica promises along with this accept: this sidecar's next operation on the key.
+      // A tick of its own, so that no other operation of this sidecar ever holds it as ballot or version.
+      const next = writing && self ? makeVersion(clock.tick(), this.options.nodeTag) : undefined;
       // Every replica that answers may take the accept, not only the first Q that promised.
-      const unreachable = new Set(prepared.failures.map((f) => f.member.id));
-      const targets = replicas.filter((m) => !unreachable.has(m.id));
-      const accepted = await this.round(targets, needed, (m) => this.acceptAt(m, key, ballot, toAccept), (a) => a.ok);
+      const skipped = new Set(unreachable.map((f) => f.member.id));
+      const targets = replicas.filter((m) => !skipped.has(m.id));
+      if (fast) this.preparesSkipped.inc();
+      const accepted = await this.round(targets, needed, (m) => this.acceptAt(m, key, ballot, toAccept, next), (a) => a.ok);
       for (const r of accepted.refusals) if (!r.value.ok) this.options.store.observe(r.value.promised);
+      const fenced = accepted.failures.find((f) => isFenceRefusal(f.error));
+      if (fenced && writing) throw this.fencedFailure(key, fenced, accepted.oks.length > 0 || accepted.pendingAfter > 0);
       if (accepted.oks.length >= needed) {
         if (writing) {
           this.writes.labels('strong', 'acknowledged').inc();
-          const reached = new Set(accepted.oks.map((a) => a.member.id));
-          // Acknowledged: the replicas it missed get it as a hint (late, at its own ballot).
-          for (const m of replicas) if (!reached.has(m.id) && m.id !== this.options.nodeId && !this.closed) void this.hints.add(m.id, toAccept);
+          if (next) void accepted.all.then(({ oks }) => this.keepPromise(key, replicas, ballot, next, oks));
+          this.hintMissed(toAccept, unreachable, accepted.all);
           return { written: toAccept, current: toAccept };
         }
         if (refusal) throw refusal;
@@ -424,6 +475,8 @@ export class Replicator implements ContextStore, ConflictStore {
       // A retry is safe only if no replica took this write: an accept still in flight may yet
       // succeed, and a retry that then found the write would answer for it wrongly.
       const tally = writing ? await accepted.all : accepted;
+      // Not acknowledged: the promise of `next` this sidecar's replica made with it is of no use.
+      if (next) this.replica.withdraw(key, next, ballot);
       last = `${tally.oks.length} of ${replicas.length} replicas accepted, ${needed} needed${tally.failures.length ? ` (${describeFailures(tally.failures)})` : ''}`;
       if (writing && (tally.oks.length > 0 || tally.failures.length > 0)) {
         // Stored on some replicas (or maybe, where the call failed): a later operation may find it.
@@ -432,25 +485,109 @@ export class Replicator implements ContextStore, ConflictStore {
     }
   }
 
+  /**
+   * After a strong write is acknowledged: a hint for each replica that did not take it — one the
+   * prepare could not reach, or whose accept failed (once it has failed: an accept still in flight
+   * usually lands, and a hint for it would be a second apply for nothing). A replica that refused
+   * the accept promised a higher ballot, so the write would be stale there; one that refused our
+   * epoch gets nothing (the write must not come back through it after re-admission).
+   */
+  private hintMissed(record: ContextRecord, unreachable: ReadonlyArray<{ member: Member; error: Error }>, settled: Promise<{ failures: Array<{ member: Member; error: Error }> }>): void {
+    const hint = (failed: { member: Member; error: Error }): void => {
+      if (failed.member.id === this.options.nodeId || this.closed || isFenceRefusal(failed.error)) return;
+      void this.hints.add(failed.member.id, record);
+    };
+    unreachable.forEach(hint);
+    void settled.then(({ failures }) => failures.forEach(hint));
+  }
+
+  /** A peer refused this sidecar's epoch: the operation fails, never acknowledged, never hinted. */
+  private fencedFailure(key: string, refused: { member: Member; error: Error }, maybeStored: boolean): MeshError {
+    const why = `replica ${refused.member.id} refused this sidecar's ownership epoch (${refused.error.message})`;
+    if (maybeStored) {
+      this.writes.labels('strong', 'indeterminate').inc();
+      return new MeshError('indeterminate', `strong write of ${key} is not acknowledged: ${why}; other replicas may hold it`);
+    }
+    return new MeshError('fenced', `strong operation on ${key} refused: ${why}`, { retryAfter: 1 });
+  }
+
+  /**
+   * Remembers that every replica promised `next` when it accepted `ballot`: the prepare of this
+   * sidecar's next write on the key, already answered with the state accepted. Only when all of
+   * them did: the next write's ballot is then older than a fresh one, and a replica that missed
+   * it (or holds a higher promise) could not take it later through a hint or a repair; a write
+   * with a fresh ballot brings such a replica back.
+   */
+  private keepPromise(key: string, replicas: readonly Member[], ballot: Version, next: Version, oks: ReadonlyArray<{ member: Member; value: AcceptAnswer }>): void {
+    const promisedBy = new Set(oks.filter((a) => a.value.ok && a.value.next === next).map((a) => a.member.id));
+    if (this.closed || !replicas.every((m) => promisedBy.has(m.id))) return;
+    const kept = this.promises.get(key);
+    if (kept && compareVersions(kept.ballot, next) > 0) return;
+    this.promises.delete(key);
+    this.promises.set(key, { ballot: next, accepted: ballot, placement: placementOf(replicas) });
+    while (this.promises.size > MAX_HELD_PROMISES) this.promises.delete(this.promises.keys().next().value as string);
+  }
+
+  /**
+   * The promise kept for the key's next write, taken (each is used once), if it still stands: the
+   * same replicas, every one of them answering lately, this sidecar's own replica still holding
+   * exactly that promise over the state it accepted (anything another coordinator did on the key
+   * through it shows there), and no session that has seen past the ballot (its write must be
+   * newer than what it saw).
+   */
+  private async takePromise(key: string, replicas: readonly Member[], access: Access): Promise<{ ballot: Version; state: AcceptorState } | undefined> {
+    const held = this.promises.get(key);
+    if (!held) return undefined;
+    this.promises.delete(key);
+    if (held.placement !== placementOf(replicas)) return undefined;
+    if (replicas.some((m) => m.id !== this.options.nodeId && this.failing(m.id))) return undefined;
+    if (access.session && compareTimestamps(access.session, versionTimestamp(held.ballot)!) >= 0) return undefined;
+    const state = await this.replica.promisedState(key, held.ballot, held.accepted);
+    return state ? { ballot: held.ballot, state } : undefined;
+  }
+
+  /** Whether the last call to the peer (a write batch or a strong round) failed. */
+  private failing(peerId: string): boolean {
+    if (this.links.get(peerId)?.down) return true;
+    for (const name of [PREPARE, ACCEPT]) if (this.roundLinks.get(`${name}\u0000${peerId}`)?.failing) return true;
+    return false;
+  }
+
   private async peekAt(member: Member, key: string): Promise<AcceptorState> {
     if (member.id === this.options.nodeId) return this.replica.peek(key);
-    const { head, records } = unframe<{ accepted: Version | null }>(await this.callPeer(member, PEEK, { key }), PEEK);
-    return { record: records[0], accepted: head.accepted ?? undefined };
+    const { head, record } = await this.roundLink(member.id, PEEK).call({ head: { key } });
+    return { record, accepted: isBallot(head.accepted) ? head.accepted : undefined };
   }
 
   private async prepareAt(member: Member, key: string, ballot: Version): Promise<PrepareAnswer> {
     if (member.id === this.options.nodeId) return this.replica.prepare(key, ballot);
-    const { head, records } = unframe<{ ok: boolean; accepted?: Version | null; promised?: Version }>(await this.callPeer(member, PREPARE, { key, ballot }), PREPARE);
-    if (head.ok) return { ok: true, record: records[0], accepted: head.accepted ?? undefined };
+    const { head, record } = await this.roundLink(member.id, PREPARE).call({ head: { key, ballot } });
+    if (head.ok === true) return { ok: true, record, accepted: isBallot(head.accepted) ? head.accepted : undefined };
     if (!isBallot(head.promised)) throw new MeshError('upstream_reset', `peer ${member.id} refused ${PREPARE} without naming its ballot`);
     return { ok: false, promised: head.promised };
   }
 
-  private async acceptAt(member: Member, key: string, ballot: Version, record: ContextRecord): Promise<AcceptAnswer> {
-    if (member.id === this.options.nodeId) return this.replica.accept(key, ballot, record);
-    const answer = parseJson<AcceptAnswer>(await this.callPeer(member, ACCEPT, frame({ key, ballot }, [record])), ACCEPT);
-    if (typeof answer.ok !== 'boolean' || (!answer.ok && !isBallot(answer.promised))) throw new MeshError('upstream_reset', `peer ${member.id} answered ${ACCEPT} with a malformed reply`);
-    return answer;
+  /** `next`: the ballot the replica also promises once it accepts (see `promises`). */
+  private async acceptAt(member: Member, key: string, ballot: Version, record: ContextRecord, next?: Version): Promise<AcceptAnswer> {
+    if (member.id === this.options.nodeId) return this.replica.accept(key, ballot, record, next);
+    const { head } = await this.roundLink(member.id, ACCEPT).call({ head: next ? { key, ballot, next } : { key, ballot }, record });
+    if (typeof head.ok !== 'boolean' || (!head.ok && !isBallot(head.promised))) throw new MeshError('upstream_reset', `peer ${member.id} answered ${ACCEPT} with a malformed reply`);
+    return head as AcceptAnswer;
+  }
+
+  private roundLink(peerId: string, name: string): RoundLink {
+    const id = `${name}\u0000${peerId}`;
+    let link = this.roundLinks.get(id);
+    if (!link) {
+      link = new RoundLink(peerId, name, {
+        client: this.client,
+        membership: this.membership,
+        timeoutMs: this.config.peerTimeout,
+        maxBatchBytes: Math.max(1, this.config.maxMessageBytes - 1024),
+      });
+      this.roundLinks.set(id, link);
+    }
+    return link;
   }
 
   private async callPeer(member: Member, name: string, body: Buffer | object): Promise<Buffer> {
@@ -884,6 +1021,13 @@ export class Replicator implements ContextStore, ConflictStore {
           (err: Error) => {
             failures++;
             reasons.push(`${member.id}: ${err.message}`);
+            // A replica refused this sidecar's epoch: not acknowledged, whatever others answer —
+            // indeterminate while other replicas may store it, else refused outright.
+            if (isFenceRefusal(err)) {
+              const why = `replica ${member.id} refused this sidecar's ownership epoch (${err.message})`;
+              const maybeStored = replicas.length - failures > 0;
+              finish(maybeStored ? indeterminate(`is not acknowledged: ${why}`) : new MeshError('fenced', `${level} write of ${record.key} refused: ${why}`, { retryAfter: 1 }));
+            }
             if (replicas.length - failures < required) finish(indeterminate('failed'));
           },
         );
@@ -891,13 +1035,17 @@ export class Replicator implements ContextStore, ConflictStore {
     });
   }
 
-  /** Applies locally or sends through the peer's link; a remote failure leaves a hint (when `hint`). */
+  /**
+   * Applies locally or sends through the peer's link; a remote failure leaves a hint (when
+   * `hint`) — unless the peer refused this sidecar's epoch: kept, the write would reach it after
+   * re-admission although this sidecar was fenced when it took it.
+   */
   private async sendTo(member: Member, record: ContextRecord, hint: boolean): Promise<ApplyOutcome> {
     if (member.id === this.options.nodeId) return this.replica.apply(record);
     try {
       return await this.link(member.id).send(record);
     } catch (err) {
-      if (hint && !this.closed) void this.hints.add(member.id, record);
+      if (hint && !this.closed && !isFenceRefusal(err)) void this.hints.add(member.id, record);
       throw err;
     }
   }
@@ -1021,6 +1169,7 @@ export class Replicator implements ContextStore, ConflictStore {
     await Promise.all([...this.links.values()].map((l) => l.idle(timeoutMs)));
     // Writes still queued become hints (sendTo's failure path) before the hint files close.
     for (const link of this.links.values()) link.abandon();
+    for (const link of this.roundLinks.values()) link.abandon();
     await new Promise((resolve) => setImmediate(resolve));
     this.closed = true;
     for (const name of [REPLICATE, HINT_DELIVER, READ, LIST, PEEK, PREPARE, ACCEPT, CONFLICTS]) this.options.peering.router.remove(name);
@@ -1079,6 +1228,16 @@ function isBallot(value: unknown): value is Version {
   return typeof value === 'string' && value.includes('@') && versionTimestamp(value) !== undefined;
 }
 
+/** A peer's 409 stale_epoch: it refuses this sidecar's ownership epoch (peer/fencing.ts). */
+function isFenceRefusal(err: unknown): boolean {
+  return err instanceof MeshError && err.code === 'stale_epoch';
+}
+
+/** The replica set as one comparable text. */
+function placementOf(replicas: readonly Member[]): string {
+  return replicas.map((m) => m.id).join('\u0000');
+}
+
 function describeFailures(failures: ReadonlyArray<{ member: Member; error: Error }>): string {
   return failures.map((f) => `${f.member.id}: ${f.error.message}`).join('; ');
 }
@@ -1088,17 +1247,35 @@ function pause(ms: number): Promise<void> {
 }
 
 /** A strong-operation message: `u32 length, JSON head, record list` (binary, values as stored). */
-function frame(head: object, records: ReadonlyArray<ContextRecord | undefined>): Buffer {
-  const json = Buffer.from(JSON.stringify(head));
-  const length = Buffer.allocUnsafe(4);
-  length.writeUInt32BE(json.length, 0);
-  return Buffer.concat([length, json, encodeRecordList(records)]);
+const frame = encodeFramed;
+const unframe = decodeFramed;
+
+/** A single-item PEEK or PREPARE is a JSON body; a framed one starts with its head's length (u32, < 16 MiB). */
+function isJsonBody(body: Buffer): boolean {
+  return body.length > 0 && body[0] === 0x7b;
 }
 
-function unframe<T>(body: Buffer, what: string): { head: T; records: Array<ContextRecord | undefined> } {
-  if (body.length < 4 || body.readUInt32BE(0) > body.length - 4) throw new MeshError('bad_request', `${what}: truncated message`);
-  const end = 4 + body.readUInt32BE(0);
-  return { head: parseJson<T>(body.subarray(4, end), what), records: decodeRecordList(body.subarray(end)) };
+/**
+ * Answers a batch of strong-round items (see RoundLink) item by item, concurrently: the replica
+ * serialises per key, and one item's refusal (a bad item, a failed store) fails that item alone.
+ */
+async function serveItems(
+  body: Buffer,
+  what: string,
+  serve: (head: Record<string, unknown>, record: ContextRecord | undefined) => Promise<RoundAnswer>,
+): Promise<{ body: Buffer }> {
+  const { head, records } = unframe<{ items?: unknown }>(body, what);
+  const items = head.items;
+  if (!Array.isArray(items) || records.length !== items.length) throw new MeshError('bad_request', `${what}: a batch takes {"items": [object]} and one record slot per item`);
+  const settled = await Promise.allSettled(
+    items.map((item, i) => (item !== null && typeof item === 'object' ? serve(item as Record<string, unknown>, records[i]) : Promise.reject(new MeshError('bad_request', `${what}: item ${i} is not an object`)))),
+  );
+  const answers = settled.map((s) => {
+    if (s.status === 'fulfilled') return s.value.head;
+    const err = s.reason instanceof MeshError ? s.reason : new MeshError('internal', (s.reason as Error)?.message ?? String(s.reason));
+    return { error: err.code, message: err.message };
+  });
+  return { body: frame({ answers }, settled.map((s) => (s.status === 'fulfilled' ? s.value.record : undefined))) };
 }
 
 function parseJson<T>(body: Buffer, what: string): T {
