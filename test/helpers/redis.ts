@@ -19,7 +19,6 @@ const CLUSTER_OK_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
 /** Redis Cluster's bus listens on the data port + 10000. */
 const CLUSTER_BUS_OFFSET = 10_000;
-const HIGHEST_PORT = 65_535;
 
 export type Closers = Array<() => Promise<void>>;
 
@@ -47,19 +46,36 @@ function requireRedis(): void {
   }
 }
 
-/** A port nobody listens on now (the kernel's pick for port 0); with `bus`, port + 10000 is free too. */
+/**
+ * Ports handed to processes that bind them later. They come from below the kernel's ephemeral
+ * range (32768–60999 here), which the kernel's pick for port 0 would come from: there, any
+ * outgoing connection of any test may take the port between the check and the bind. Plain ports
+ * come from [16000, 22000); a pair for `bus` from [12000, 16000), so its bus (+10000) lands in
+ * [22000, 26000); each vitest worker takes its own slice of both.
+ */
+const PLAIN_PORTS = { from: 16_000, to: 22_000 };
+const BUS_PAIR_PORTS = { from: 12_000, to: 16_000 };
+const WORKER_SLICES = 4;
+const handedOut = new Set<number>();
+
+/** A port nobody listens on now, not handed out before by this process; with `bus`, port + 10000 is free too. */
 export async function freePort(bus = false): Promise<number> {
-  for (;;) {
-    const port = await listenAndClose(0);
-    if (!bus) return port;
-    if (port + CLUSTER_BUS_OFFSET > HIGHEST_PORT) continue;
+  const range = bus ? BUS_PAIR_PORTS : PLAIN_PORTS;
+  const slice = Math.floor((range.to - range.from) / WORKER_SLICES);
+  const from = range.from + (Number(process.env.VITEST_POOL_ID ?? 0) % WORKER_SLICES) * slice;
+  for (let attempt = 0; attempt < 1_000; attempt++) {
+    const port = from + Math.floor(Math.random() * slice);
+    if (handedOut.has(port)) continue;
     try {
-      await listenAndClose(port + CLUSTER_BUS_OFFSET);
-      return port;
+      await listenAndClose(port);
+      if (bus) await listenAndClose(port + CLUSTER_BUS_OFFSET);
     } catch {
-      // The bus port is taken: pick another pair.
+      continue; // taken (or its bus port is): pick another
     }
+    handedOut.add(port);
+    return port;
   }
+  throw new Error(`no free port in [${from}, ${from + slice})`);
 }
 
 function listenAndClose(port: number): Promise<number> {
