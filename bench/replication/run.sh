@@ -38,7 +38,7 @@ HERE="$ROOT/bench/replication"
 cd "$ROOT"
 
 # The knobs set for this run, quoted, for the report's command line.
-USER_ENV="$(env | grep -E '^BENCH_[A-Z_]+=' | sort | sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/" | tr '\n' ' ' | sed 's/ $//; s/["\\]//g')"
+USER_ENV="$(env | { grep -E '^BENCH_[A-Z_]+=' || true; } | sort | sed -E "s/^([A-Z_]+)=(.*)$/\1='\2'/" | tr '\n' ' ' | sed 's/ $//; s/["\\]//g')"
 ONLY="${BENCH_REPL_ONLY:-writes ae}"
 PROFILE="${BENCH_PROFILE:-1}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
