@@ -4,30 +4,14 @@
 // itself and the rest) and is SIGKILLed once it has handed its keys off. After quiescence every
 // acknowledged write is held by exactly its three replicas on the final ring (checked in each
 // sidecar's own store through `GET /members/held`) with its value, and the leaver holds nothing.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MutableMembership, type Member } from '../../src/membership/membership.js';
 import { PlacementRing } from '../../src/state/replication/ring.js';
-import { createPki, until, type IdentityFiles } from '../helpers/mesh.js';
-import { freePort } from '../helpers/redis.js';
+import { createPki, until } from '../helpers/mesh.js';
+import { startProcCluster, type ProcCluster, type SidecarProc } from '../helpers/sidecar-procs.js';
 
-const CLI = join(import.meta.dirname, '../../dist/src/cli/main.js');
-const READY_TIMEOUT_MS = 15_000;
 const WRITERS = 4;
-
-interface Proc {
-  id: string;
-  inbound: number;
-  context: number;
-  admin: number;
-  configFile: string;
-  child: ChildProcess | undefined;
-  stderr: string;
-}
 
 interface HeldKey {
   key: string;
@@ -36,89 +20,31 @@ interface HeldKey {
 }
 
 describe('membership change under load across sidecar processes', () => {
-  let identity: IdentityFiles;
-  const procs: Proc[] = [];
-  const byId = (id: string): Proc => procs.find((p) => p.id === id)!;
+  let cluster: ProcCluster;
+  const byId = (id: string): SidecarProc => cluster.proc(id);
 
   beforeAll(async () => {
-    if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build with npx tsc -p tsconfig.json`);
-    identity = await (await createPki()).issue('replica');
-    for (const id of ['node-a', 'node-b', 'node-c', 'node-d', 'node-e']) {
-      procs.push({ id, inbound: await freePort(), context: await freePort(), admin: await freePort(), configFile: '', child: undefined, stderr: '' });
-    }
-    const initial = procs.slice(0, 4);
-    for (const proc of procs) {
-      const work = mkdtempSync(join(tmpdir(), `ctxmesh-e2e-members-${proc.id}-`));
-      proc.configFile = join(work, 'sidecar.yaml');
-      // The four know each other; the fifth knows the four (they learn of it through the admin API).
-      const peers = initial.filter((p) => p !== proc).map((p) => ({ id: p.id, address: `127.0.0.1:${p.inbound}` }));
-      writeFileSync(
-        proc.configFile,
-        JSON.stringify({
-          node: { id: proc.id },
-          identity,
-          inbound: { port: proc.inbound, address: '127.0.0.1', app: 'http://127.0.0.1:9' },
-          outbound: { port: 0 },
-          admin: { port: proc.admin },
-          // Membership moves only when the test says so (no local failure verdicts under CPU load).
-          health: { enabled: false },
-          context: {
-            port: proc.context,
-            l2: { backend: 'memory' },
-            wal: { fsync: 'none' },
-            checkpoint: { dir: join(work, 'data') },
-            replication: {
-              factor: 3,
-              consistency: 'session',
-              peers,
-              peerTimeout: '2s',
-              writeTimeout: '3s',
-              hints: { interval: '200ms' },
-              antiEntropy: { interval: '2s' },
-            },
-          },
-          log: { level: 'warn', accessLog: false },
-        }),
-      );
-    }
-    await Promise.all(initial.map(start));
+    const identity = await (await createPki()).issue('replica');
+    // The four know each other; the fifth knows the four (they learn of it through the admin API).
+    // Membership moves only when the test says so (no local failure verdicts under CPU load).
+    cluster = await startProcCluster(identity, ['node-a', 'node-b', 'node-c', 'node-d', 'node-e'], {
+      initial: 4,
+      fsync: 'none',
+      replication: { consistency: 'session', peerTimeout: '2s', writeTimeout: '3s', hints: { interval: '200ms' }, antiEntropy: { interval: '2s' } },
+    });
   }, 60_000);
 
   afterAll(async () => {
-    await Promise.all(procs.map((p) => kill(p)));
+    await cluster?.close();
   });
 
-  async function start(proc: Proc): Promise<void> {
-    proc.stderr = '';
-    const child = spawn(process.execPath, [CLI, 'sidecar', '-c', proc.configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
-    proc.child = child;
-    child.stderr!.on('data', (c: Buffer) => (proc.stderr += c.toString()));
-    const exited = new Promise<never>((_, reject) => child.once('exit', (code) => reject(new Error(`${proc.id} exited (${code}) before ready:\n${proc.stderr}`))));
-    const ready = until(
-      async () => (await request(`http://127.0.0.1:${proc.admin}/ready`).then(async (r) => (await r.body.text(), r.statusCode)).catch(() => 0)) === 200,
-      READY_TIMEOUT_MS,
-      `${proc.id} to be ready`,
-    );
-    await Promise.race([ready, exited]);
-    exited.catch(() => undefined);
-  }
-
-  async function kill(proc: Proc): Promise<void> {
-    const child = proc.child;
-    proc.child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exit = new Promise((r) => child.once('exit', r));
-    child.kill('SIGKILL');
-    await exit;
-  }
-
-  async function admin(proc: Proc, method: 'GET' | 'POST' | 'DELETE', path: string, body?: object): Promise<{ status: number; json: any }> {
+  async function admin(proc: SidecarProc, method: 'GET' | 'POST' | 'DELETE', path: string, body?: object): Promise<{ status: number; json: any }> {
     const res = await request(`http://127.0.0.1:${proc.admin}${path}`, { method, body: body && JSON.stringify(body), headers: body ? { 'content-type': 'application/json' } : {} });
     const text = await res.body.text();
     return { status: res.statusCode, json: text ? JSON.parse(text) : undefined };
   }
 
-  async function held(proc: Proc): Promise<Map<string, HeldKey>> {
+  async function held(proc: SidecarProc): Promise<Map<string, HeldKey>> {
     const out = new Map<string, HeldKey>();
     let after: string | undefined;
     for (;;) {
@@ -136,7 +62,7 @@ describe('membership change under load across sidecar processes', () => {
   }
 
   it('a fifth sidecar joins and one leaves under writes: every key ends on exactly its three replicas, none lost', async () => {
-    const [a, b, c, d, e] = procs as [Proc, Proc, Proc, Proc, Proc];
+    const [a, b, c, d, e] = cluster.procs as [SidecarProc, SidecarProc, SidecarProc, SidecarProc, SidecarProc];
     const acked = new Map<string, string>();
     let coordinators = [a, b, c, d];
     let stop = false;
@@ -177,7 +103,7 @@ describe('membership change under load across sidecar processes', () => {
 
     await waitForWrites(150);
     // node-e starts and the four are told of it.
-    await start(e);
+    await cluster.start(e);
     for (const proc of [a, b, c, d]) expect((await admin(proc, 'POST', '/members', { id: e.id, address: `127.0.0.1:${e.inbound}` })).status).toBe(200);
     coordinators = [a, b, c, d, e];
     await waitForWrites(200);
@@ -219,7 +145,7 @@ describe('membership change under load across sidecar processes', () => {
     });
 
     // The leaver is gone for good; every acknowledged write reads back with its value.
-    await kill(b);
+    await cluster.kill(b);
     const wrong: string[] = [];
     const keys = [...acked.keys()];
     for (let i = 0; i < keys.length; i += 32) {

@@ -1,7 +1,7 @@
 // Sidecars as child processes (`node dist/src/cli/main.js sidecar -c …`) replicating to each
 // other, for tests that SIGKILL them or cut them apart with the peer fault switch
 // (CTXMESH_FAULTS=1). Fixed ports per sidecar, one data dir each, so a killed sidecar restarts
-// with its WAL. Build first: npx tsc -p tsconfig.json.
+// with its WAL; a sidecar can also be configured but left for the test to start (a joiner). Build first: npx tsc -p tsconfig.json.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -33,10 +33,25 @@ export interface ProcCluster {
   close(): Promise<void>;
 }
 
-export async function startProcCluster(identity: IdentityFiles, ids: string[], replication: Record<string, unknown> = {}): Promise<ProcCluster> {
+export interface ProcClusterOptions {
+  /** Merged into every sidecar's context.replication (factor 3, short timeouts by default). */
+  replication?: Record<string, unknown>;
+  /** Every sidecar's health section. Default { enabled: false }: placement stays fixed. */
+  health?: Record<string, unknown>;
+  /** context.wal.fsync. Default always. */
+  fsync?: 'always' | 'batch' | 'none';
+  /**
+   * How many of `ids`, from the first, start at once and are the configured peers of every
+   * sidecar; the rest are configured with those as peers and left for the test to start. Default all.
+   */
+  initial?: number;
+}
+
+export async function startProcCluster(identity: IdentityFiles, ids: string[], options: ProcClusterOptions = {}): Promise<ProcCluster> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build with npx tsc -p tsconfig.json`);
   const procs: SidecarProc[] = [];
   for (const id of ids) procs.push({ id, inbound: await freePort(), context: await freePort(), admin: await freePort(), configFile: '', child: undefined, stderr: '' });
+  const initial = procs.slice(0, options.initial ?? procs.length);
   for (const proc of procs) {
     const work = mkdtempSync(join(tmpdir(), `ctxmesh-procs-${proc.id}-`));
     proc.configFile = join(work, 'sidecar.yaml');
@@ -48,20 +63,20 @@ export async function startProcCluster(identity: IdentityFiles, ids: string[], r
         inbound: { port: proc.inbound, address: '127.0.0.1', app: 'http://127.0.0.1:9' },
         outbound: { port: 0 },
         admin: { port: proc.admin },
-        // The failure detector would shrink the ring under a partition; these tests keep placement fixed.
-        health: { enabled: false },
+        // By default no failure detector: it would shrink the ring under a partition.
+        health: options.health ?? { enabled: false },
         context: {
           port: proc.context,
           l2: { backend: 'memory' },
-          wal: { fsync: 'always' },
+          wal: { fsync: options.fsync ?? 'always' },
           checkpoint: { dir: join(work, 'data') },
           replication: {
             factor: 3,
-            peers: procs.filter((p) => p !== proc).map((p) => ({ id: p.id, address: `127.0.0.1:${p.inbound}` })),
+            peers: initial.filter((p) => p !== proc).map((p) => ({ id: p.id, address: `127.0.0.1:${p.inbound}` })),
             peerTimeout: '1s',
             writeTimeout: '2s',
             hints: { interval: '100ms' },
-            ...replication,
+            ...options.replication,
           },
         },
         log: { level: 'warn', accessLog: false },
@@ -99,7 +114,7 @@ export async function startProcCluster(identity: IdentityFiles, ids: string[], r
     if (res.statusCode !== 200) throw new Error(`faults on ${proc.id}: ${res.statusCode} ${text}`);
   };
 
-  await Promise.all(procs.map(start));
+  await Promise.all(initial.map(start));
   return {
     procs,
     proc: (id) => procs.find((p) => p.id === id)!,
