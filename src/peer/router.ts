@@ -9,6 +9,7 @@ import type { Logger } from '../telemetry/logger.js';
 import { isAllowed, trustDomainOf } from '../tls/spiffe.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
 import type { Fencing } from './fencing.js';
+import { readBody } from '../proxy/body-limit.js';
 
 export const PEER_PATH_PREFIX = '/.ctxmesh/peer/';
 /** Default bound on a peer request body (context.replication.maxMessageBytes). */
@@ -99,7 +100,7 @@ export class PeerRouter {
       // Before the state agent has registered its handlers, or a peer running a newer version.
       throw new MeshError('not_found', `no peer handler "${name}" on this sidecar`);
     }
-    const body = await readBounded(req, this.maxBodyBytes);
+    const body = await readBody(req, this.maxBodyBytes, { what: 'peer request body' });
     const verdict = this.fencing?.judge(name, req);
     if (verdict) {
       // Before the handler: nothing of a fenced sender's call is applied. The verdict goes back so
@@ -144,31 +145,4 @@ export function isSidecarIdentity(spiffeId: string | undefined, trustDomain: str
   } catch {
     return false;
   }
-}
-
-function readBounded(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > maxBytes) {
-    return Promise.reject(new MeshError('payload_too_large', `peer request body of ${declared} bytes exceeds the limit of ${maxBytes}`));
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let received = 0;
-    const onData = (chunk: Buffer): void => {
-      received += chunk.length;
-      if (received > maxBytes) {
-        req.off('data', onData);
-        req.resume();
-        reject(new MeshError('payload_too_large', `peer request body exceeds the limit of ${maxBytes} bytes`));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    req.on('data', onData);
-    req.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received)));
-    req.on('error', (err) => reject(new MeshError('client_closed', err.message, { cause: err })));
-    req.on('close', () => {
-      if (!req.complete) reject(new MeshError('client_closed'));
-    });
-  });
 }

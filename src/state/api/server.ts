@@ -19,6 +19,7 @@ import { parseDuration } from '../../config/units.js';
 import { sendError } from '../../errors/respond.js';
 import { MeshError } from '../../errors/table.js';
 import { answerClientErrors, serverOptions } from '../../proxy/listener.js';
+import { readBody } from '../../proxy/body-limit.js';
 import { ANY, type Expectation } from '../cache/l2.js';
 import { formatTimestamp, maxTimestamp, parseTimestamp } from '../hlc.js';
 import { remainingTtl, type ContextRecord, type Retention } from '../record.js';
@@ -233,7 +234,7 @@ class ContextApi {
     const expected = this.expectationOf(req.headers);
     const ttlMs = this.ttlOf(req.headers) ?? this.config.defaultTtl;
     const retention = retentionOf(req.headers) ?? 'normal';
-    const value = await readBody(req, res, this.config.maxValueBytes);
+    const value = await readBody(req, this.config.maxValueBytes, { res });
     const mutation: Mutation = { value, contentType: req.headers['content-type'] || OCTET_STREAM, ttlMs, retention };
     const record = await this.store.put(key, mutation, expected, access);
     res.writeHead(204, withSession(['etag', etagOf(record.version), 'ctxmesh-consistency', access.consistency], access, record.version));
@@ -248,7 +249,7 @@ class ContextApi {
     const expected = this.expectationOf(req.headers);
     const ttlMs = this.ttlOf(req.headers);
     const retention = retentionOf(req.headers);
-    const patch = parseJson(await readBody(req, res, this.config.maxValueBytes), 'merge patch');
+    const patch = parseJson(await readBody(req, this.config.maxValueBytes, { res }), 'merge patch');
     const maxValueBytes = this.config.maxValueBytes;
     const now = this.now;
     const defaultTtl = this.config.defaultTtl;
@@ -340,7 +341,7 @@ class ContextApi {
     if (!isConflictStore(this.store)) throw new MeshError('not_found', `${key} is not in conflict (this sidecar does not replicate)`);
     const ttlMs = this.ttlOf(req.headers) ?? this.config.defaultTtl;
     const retention = retentionOf(req.headers) ?? 'normal';
-    const value = await readBody(req, res, this.config.maxValueBytes);
+    const value = await readBody(req, this.config.maxValueBytes, { res });
     const mutation: Mutation = { value, contentType: req.headers['content-type'] || OCTET_STREAM, ttlMs, retention };
     const record = await this.store.resolveConflict(key, mutation, seen, access);
     res.writeHead(204, withSession(['etag', etagOf(record.version), 'ctxmesh-consistency', access.consistency], access, record.version));
@@ -349,7 +350,7 @@ class ContextApi {
 
   private async bulkGet(req: IncomingMessage, res: ServerResponse, consistency: Consistency): Promise<void> {
     if (!isJsonType(req.headers['content-type'])) throw new MeshError('unsupported_media_type', 'bulk-get takes application/json');
-    const body = parseJson(await readBody(req, res, this.bulkBodyBytes), 'bulk-get body');
+    const body = parseJson(await readBody(req, this.bulkBodyBytes, { res }), 'bulk-get body');
     const keys = isObject(body) ? body.keys : undefined;
     if (!Array.isArray(keys)) throw new MeshError('bad_request', 'bulk-get body must be {"keys": ["tenant/session", …]}');
     if (keys.length > MAX_BULK_KEYS) throw new MeshError('bad_request', `bulk-get takes at most ${MAX_BULK_KEYS} keys, not ${keys.length}`);
@@ -515,41 +516,6 @@ function withSession(headers: string[], access: Access, version: Version): strin
 }
 
 // --- Bodies ---
-
-/**
- * The request body, refused with 413 when its declared length is over `maxBytes` (before a byte is
- * read) or, without one, as soon as the bytes streamed in pass it.
- */
-function readBody(req: IncomingMessage, res: ServerResponse, maxBytes: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > maxBytes) {
-    return Promise.reject(new MeshError('payload_too_large', `request body of ${declared} bytes exceeds the limit of ${maxBytes}`));
-  }
-  if (req.headers.expect?.toLowerCase() === '100-continue') res.writeContinue();
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let received = 0;
-    const onData = (chunk: Buffer): void => {
-      received += chunk.length;
-      if (received > maxBytes) {
-        req.off('data', onData);
-        req.off('end', onEnd);
-        // Keep the socket flowing (discarding) until the 413 has gone out and node closes it.
-        req.resume();
-        reject(new MeshError('payload_too_large', `request body exceeds the limit of ${maxBytes} bytes`));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = (): void => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, received));
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', (err) => reject(new MeshError('client_closed', err.message, { cause: err })));
-    req.on('close', () => {
-      if (!req.complete) reject(new MeshError('client_closed'));
-    });
-  });
-}
 
 function parseJson(body: Buffer, what: string): Json {
   try {
