@@ -64,7 +64,7 @@ if (offline) {
   p();
   p('### Restore vs dd read of the snapshot file');
   p();
-  p('Restore = `rebuild()` (catalog, `readSnapshot`, every record applied to a fresh MemoryL2), as the sidecar does at start; checked: every record present, a sample value byte-identical. Cold = page cache dropped before each; warm = the file just read.');
+  p('Restore = `rebuild()` (catalog, `readSnapshot`, the records loaded into a fresh FrontierTrackingL2 in bulk), in a process of its own (`restore.mjs --once`) as a sidecar restores at start; checked: every record present, the SHA-256 of a sample value identical. Cold = page cache dropped before each; warm = the file just read.');
   p();
   p('| round | dd read cold | restore cold | ratio | dd read warm | restore warm | ratio | restore CPU / wall (cold) |');
   p('|--:|--:|--:|--:|--:|--:|--:|--:|');

@@ -4,6 +4,10 @@
 //   node bench/checkpoint/run.mjs preload --dir DIR --json /dev/null --records 65536   # once: the snapshot
 //   node --expose-gc bench/checkpoint/restore.mjs --dir DIR [--rounds 3] [--target frontier|memory|none]
 //       [--cold]    drop the page cache before each read (root only)
+//   node --expose-gc bench/checkpoint/restore.mjs --dir DIR --once [--sample KEY]
+//       one restore, no dd, no cache drop (the caller's: run.mjs), printed as one JSON line with
+//       the SHA-256 of KEY's restored value: run.mjs measures restores this way, in a process of
+//       their own as at a sidecar's start, not in one that already holds the state it wrote.
 //
 // Per round, in this order: `dd if=SNAPSHOT of=/dev/null bs=1M` (the sequential read of the same
 // file), then rebuild() of the newest chain into a fresh target:
@@ -12,6 +16,7 @@
 //   none      the records are counted and dropped: the read-back and decode alone
 // and prints MB/s of snapshot bytes for each, and the restore's ratio to dd's.
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,6 +34,8 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '3' },
     target: { type: 'string', default: 'frontier' },
     cold: { type: 'boolean', default: false },
+    once: { type: 'boolean', default: false },
+    sample: { type: 'string' },
   },
 });
 if (!values.dir || !['frontier', 'memory', 'none'].includes(values.target)) {
@@ -74,6 +81,14 @@ async function restore() {
   const held = target.l2?.size ?? count;
   if (held !== report.snapshotRecords) throw new Error(`restore read ${report.snapshotRecords} records, the target holds ${held}`);
   return { rate: bytes / seconds, seconds, cpuSeconds: (cpu.user + cpu.system) / 1e6, records: report.snapshotRecords, target };
+}
+
+if (values.once) {
+  const r = await restore();
+  const sampled = values.sample === undefined ? undefined : await r.target.l2?.get(values.sample);
+  const sampleSha256 = sampled?.value ? createHash('sha256').update(sampled.value).digest('hex') : null;
+  process.stdout.write(`${JSON.stringify({ seconds: r.seconds, cpuSeconds: r.cpuSeconds, bytes, records: r.records, sampleSha256 })}\n`);
+  process.exit(0);
 }
 
 process.stderr.write(`restore of ${file} (${(bytes / 2 ** 20).toFixed(0)} MiB), target ${values.target}, ${values.cold ? 'cold' : 'warm'} cache\n`);

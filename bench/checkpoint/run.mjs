@@ -5,7 +5,7 @@
 //       Fills a MemoryL2 with --records × --value-bytes, then in one run, interleaved over --rounds:
 //         full snapshot (writeSnapshot from a copy-on-write view, sync: true)  vs  dd of the same
 //         size to the same directory (conv=fdatasync); an incremental after --changed-pct % of the
-//         keys changed, its size against the full's; restore (rebuild() into a fresh MemoryL2) vs
+//         keys changed, its size against the full's; restore (rebuild(), in a fresh process) vs
 //         dd of the snapshot file to /dev/null, cold cache (drop_caches, as root) and warm.
 //   node bench/checkpoint/run.mjs preload --dir DATA_DIR --json OUT.json
 //       Writes the same state as a full snapshot into a sidecar's data dir (node id "bench"), so
@@ -14,12 +14,13 @@
 // Values are JSON documents (a chat-turn shape) whose text fields are base64 of random bytes:
 // realistic framing, incompressible payload (snapshots are written uncompressed by default).
 import { spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
+const HERE = resolve(new URL('.', import.meta.url).pathname);
 const dist = (p) => import(join(ROOT, 'dist/src/state', p));
 const { MemoryL2 } = await dist('cache/memory-l2.js');
 const { writeSnapshot } = await dist('checkpoint/snapshot-file.js');
@@ -227,19 +228,20 @@ const picked = new Set();
 
 // Restore vs sequential read of the same file, cold (caches dropped before each) and warm.
 const fileBytes = statSync(fullPath).size;
+// Each restore runs in a process of its own (restore.mjs --once), as a sidecar restores at start:
+// this one holds the 1 GiB it wrote, which a restore here would have to share the heap (and its
+// GC) with.
 const restoreOnce = async () => {
-  const target = new MemoryL2();
-  globalThis.gc?.();
-  const t = await timed(() =>
-    // As the sidecar's start-up (src/state/agent.ts): the chain through loadSnapshot, the WAL through apply.
-    rebuild({ dir: snapDir, replay: async () => ({ records: 0, firstLsn: 0, lastLsn: 0 }) }, { kind: 'latest' }, { reset: () => target.clear(), apply: (r) => target.apply(r), loadSnapshot: (batch) => target.loadSnapshot(batch) }),
-  );
-  if (t.result.snapshotRecords !== RECORDS || target.size !== RECORDS) throw new Error(`restore read ${t.result.snapshotRecords} records into ${target.size} keys, expected ${RECORDS}`);
   let unchanged = Math.floor(RECORDS / 2);
   while (picked.has(unchanged)) unchanged++;
   const sample = keyOf(unchanged);
-  if (!(await target.get(sample)).value.equals((await l2.get(sample)).value)) throw new Error(`restore: ${sample} differs`);
-  return { seconds: t.seconds, cpuSeconds: t.cpuSeconds, bytes: fileBytes, records: t.result.snapshotRecords };
+  const child = spawnSync(process.execPath, ['--expose-gc', join(HERE, 'restore.mjs'), '--dir', snapDir, '--once', '--sample', sample], { encoding: 'utf8', maxBuffer: 1 << 20 });
+  if (child.status !== 0) throw new Error(`restore.mjs --once failed (${child.status}): ${child.stderr}`);
+  const r = JSON.parse(child.stdout.trim().split('\n').pop());
+  if (r.records !== RECORDS) throw new Error(`restore read ${r.records} records, expected ${RECORDS}`);
+  const expected = createHash('sha256').update((await l2.get(sample)).value).digest('hex');
+  if (r.sampleSha256 !== expected) throw new Error(`restore: ${sample} differs`);
+  return { seconds: r.seconds, cpuSeconds: r.cpuSeconds, bytes: fileBytes, records: r.records };
 };
 // What a restore giving every value a fresh buffer of its own would cost at least (no file, no
 // decoding, no map): on a VM, first-touching fresh memory is far slower than reading the page cache.

@@ -6,7 +6,7 @@
 # In one run (see bench/README.md, "Checkpoint benchmark"):
 #   full snapshot of 1 GiB of context state        vs  dd write of 1 GiB, conv=fdatasync, same dir
 #   incremental after 1 % of the keys changed      vs  the full snapshot's size
-#   restore (rebuild() into a fresh MemoryL2)      vs  dd read of the snapshot file, cold and warm
+#   restore (rebuild(), in a fresh process)       vs  dd read of the snapshot file, cold and warm
 #   PUT latency at 1000/s while a sidecar holding 1 GiB takes a full snapshot  vs  the quiet period
 # prints a Markdown report with PASS/MISS per target and saves it to bench/.out/checkpoint-<UTC>.md
 # (+ .json). Everything started is stopped on exit (trap). Knobs (environment):
