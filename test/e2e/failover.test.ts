@@ -180,6 +180,11 @@ class ContextWriter {
   private async work(worker: number): Promise<void> {
     for (let i = 0; this.running; i++) {
       const targets = this.via();
+      if (targets.length === 0) {
+        // Every sidecar is down for the moment (a kill and its restart): wait for one.
+        await new Promise((r) => setTimeout(r, 10));
+        continue;
+      }
       const node = targets[(i + worker) % targets.length]!;
       const key = `failover/w${worker}-${i}`;
       const write: Write = { key, value: `v-${worker}-${i}-${node.id}`, via: node.id, outcome: 'lost' };
@@ -408,9 +413,12 @@ describe('failover across a control plane and sidecar processes', () => {
     const writer = new ContextWriter(() => chats.filter((c) => c.child !== undefined));
     await until(() => load.exchanges.length >= 50 && writer.acked().length >= 20, 15_000, 'load to run');
 
+    // A stalled machine can have a sidecar suspected and declared (then refuting) before the kill:
+    // only a declaration after it counts.
+    const declaredBefore = await declared(victim);
     const killedAt = performance.now();
     await signal(victim, 'SIGKILL');
-    await until(async () => (await declared(victim)) >= 1, DECLARE_TIMEOUT_MS, 'the control plane to declare chat-a').catch((err: Error) => {
+    await until(async () => (await declared(victim)) > declaredBefore, DECLARE_TIMEOUT_MS, 'the control plane to declare chat-a').catch((err: Error) => {
       throw new Error(`${err.message}\n${diagnostics()}`);
     });
     expect(await registryHealth(victim)).toBe('UNHEALTHY');
