@@ -16,6 +16,7 @@
 #   BENCH_SKIP_BUILD=1   do not build (by default it runs tsc when dist/ is missing or older than src/)
 #   BENCH_CTXMESH_CLI=path   another ctxmesh CLI (no build then)
 #   BENCH_KEEP_TMP=1     keep the temp dir (configs, certificates, raw results)
+#   BENCH_FAILOVER_FANOUT=1   then run the xDS push fan-out (bench/xds/run.sh 1000 TRIALS); 0 = skip
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -75,3 +76,9 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 node "$HERE/report.mjs" "$TMP/meta.json" "$TMP/results.json" "bench/.out/failover-$STAMP"
 cp "bench/.out/failover-$STAMP.md" bench/.out/failover-latest.md
 info "saved bench/.out/failover-$STAMP.md (+ .json)"
+
+# The other half of the issue's benchmark, in the same run: the control plane's push fan-out.
+if [[ "${BENCH_FAILOVER_FANOUT:-1}" == 1 ]]; then
+  say "push fan-out: bench/xds/run.sh 1000 $TRIALS"
+  BENCH_SKIP_BUILD=1 bash "$ROOT/bench/xds/run.sh" 1000 "$TRIALS"
+fi
