@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { request } from 'undici';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { registerCheckpoint } from '../../src/cli/checkpoint.js';
 import { readCatalog } from '../../src/state/checkpoint/catalog.js';
 import { frontierOf } from '../../src/state/checkpoint/frontier.js';
@@ -15,8 +15,8 @@ import { listOffline, restoreOffline, verifyOffline } from '../../src/state/chec
 import { RESTORE_MARKER_FILE } from '../../src/state/checkpoint/restore-catch-up.js';
 import { readSnapshot, type SnapshotHeader } from '../../src/state/checkpoint/snapshot-file.js';
 import type { ContextRecord } from '../../src/state/record.js';
-import { closeAfterEach, createPki, until, type IdentityFiles } from '../helpers/mesh.js';
-import { call, startCluster, type Node } from './replication/cluster.js';
+import { until } from '../helpers/mesh.js';
+import { call, clusterPerTest, type Node } from './replication/cluster.js';
 
 const EARLY_KEYS = 40;
 
@@ -57,18 +57,12 @@ async function recordsOf(path: string): Promise<ContextRecord[]> {
 }
 
 describe('checkpoints with replication: frontier and catch-up after a restore', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('ckpt-repl');
-  });
+  const launch = clusterPerTest();
 
   it('a node restored to a checkpoint gets the later writes back from its peers, and older versions never win', async () => {
     // Periodic rounds off: what repairs A after the restore is its start-up catch-up (or a peer
     // noticing it came back), not a timer.
-    const cluster = await startCluster(identity, ['node-a', 'node-b', 'node-c'], { antiEntropy: { interval: '1h' } });
-    closers.push(() => cluster.close());
+    const cluster = await launch(['node-a', 'node-b', 'node-c'], { antiEntropy: { interval: '1h' } });
     const [a, b, c] = cluster.nodes as [Node, Node, Node];
 
     // Before the checkpoint: writes coordinated by A and by B, on every replica.
@@ -150,8 +144,7 @@ describe('checkpoints with replication: frontier and catch-up after a restore', 
   }, 90_000);
 
   it('without replication a restore loads as before and its marker is cleared at start', async () => {
-    const cluster = await startCluster(identity, ['node-solo'], {});
-    closers.push(() => cluster.close());
+    const cluster = await launch(['node-solo'], {});
     const [solo] = cluster.nodes as [Node];
     // One node, no peers: the state agent runs without a replicator.
     expect(solo.running!.sidecar.state!.replicator).toBeUndefined();

@@ -2,12 +2,12 @@
 // records straight to one replica's store (bypassing replication) is found by comparing Merkle
 // trees and repaired by one round that sends only the differing keys; a peer coming back to life
 // gets a round without waiting for the interval.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AntiEntropy } from '../../../src/state/replication/anti-entropy.js';
 import type { ContextRecord } from '../../../src/state/record.js';
 import { makeVersion, versionNodeTag } from '../../../src/state/version.js';
-import { closeAfterEach, createPki, metricValue, until, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, startCluster, type Node, type TestCluster } from './cluster.js';
+import { metricValue, until } from '../../helpers/mesh.js';
+import { call, clusterPerTest, type Node, type TestCluster } from './cluster.js';
 
 const KEYS = 300;
 
@@ -40,17 +40,11 @@ async function heldValue(node: Node, key: string): Promise<string | undefined> {
 }
 
 describe('anti-entropy', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
 
   async function cluster(): Promise<TestCluster> {
     // Rounds only when the test asks (or membership changes): the counts below are one round's.
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c'], { antiEntropy: { interval: '1h' } });
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c'], { antiEntropy: { interval: '1h' } });
     return c;
   }
 

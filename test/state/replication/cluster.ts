@@ -6,8 +6,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
+import { beforeAll } from 'vitest';
 import type { PeerHandler } from '../../../src/peer/router.js';
-import { sidecarConfig, startSidecar, type ConfigInput, type IdentityFiles, type RunningSidecar } from '../../helpers/mesh.js';
+import { closeAfterEach, createPki, sidecarConfig, startSidecar, type ConfigInput, type IdentityFiles, type RunningSidecar } from '../../helpers/mesh.js';
 import { freePort } from '../../helpers/redis.js';
 
 export interface Reply {
@@ -30,6 +31,23 @@ export interface TestCluster {
   start(id: string): Promise<Node>;
   stop(id: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * For a describe block: one replica identity (issued once, before its tests) and a function that
+ * starts a cluster with it, closed after the test that started it.
+ */
+export function clusterPerTest(): (ids: string[], replication?: ConfigInput) => Promise<TestCluster> {
+  const closers = closeAfterEach();
+  let identity: IdentityFiles;
+  beforeAll(async () => {
+    identity = await (await createPki()).issue('replica');
+  });
+  return async (ids, replication = {}) => {
+    const c = await startCluster(identity, ids, replication);
+    closers.push(() => c.close());
+    return c;
+  };
 }
 
 export async function startCluster(identity: IdentityFiles, ids: string[], replication: ConfigInput = {}): Promise<TestCluster> {

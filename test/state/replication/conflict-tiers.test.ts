@@ -1,32 +1,26 @@
 // The three conflict tiers (context.replication.conflicts) on three in-process sidecars replicating
 // over real mTLS: json-merge and lww across a real partition (the peer fault switch), siblings kept,
 // listed, shown and resolved through the context API, and the sibling cap.
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { compareVersions } from '../../../src/state/version.js';
-import { closeAfterEach, createPki, metricValue, until, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, startCluster, type Node, type TestCluster } from './cluster.js';
+import { metricValue, until } from '../../helpers/mesh.js';
+import { call, clusterPerTest, type Node, type TestCluster } from './cluster.js';
 
 const JSON_TYPE = { 'content-type': 'application/json' };
 
 describe('conflict tiers', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
   afterEach(() => {
     delete process.env.CTXMESH_FAULTS;
   });
 
   async function cluster(): Promise<TestCluster> {
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c'], {
+    const c = await launch(['node-a', 'node-b', 'node-c'], {
       conflicts: [
         { prefix: 'chat/', strategy: 'json-merge' },
         { prefix: 'doc/', strategy: 'siblings', maxSiblings: 3 },
       ],
     });
-    closers.push(() => c.close());
     return c;
   }
 

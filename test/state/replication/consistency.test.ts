@@ -1,21 +1,15 @@
 // Consistency levels, read repair and hinted handoff on three in-process sidecars replicating over
 // real mTLS (RF=3: every sidecar holds every key). Staleness is made real, not simulated: a
 // replica's peer handler is held or failed, or the sidecar is stopped.
-import { beforeAll, describe, expect, it } from 'vitest';
-import { closeAfterEach, createPki, metricValue, until, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, interceptPeer, startCluster, type TestCluster } from './cluster.js';
+import { describe, expect, it } from 'vitest';
+import { metricValue, until } from '../../helpers/mesh.js';
+import { call, interceptPeer, clusterPerTest, type TestCluster } from './cluster.js';
 
 describe('replicated context store', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
 
   async function cluster(): Promise<TestCluster> {
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c']);
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c']);
     return c;
   }
 

@@ -2,25 +2,19 @@
 // sidecar started, and when armed, blocking a peer on one side alone cuts both directions of
 // replication between the two (outgoing calls fail, incoming ones are cut off), with the writes
 // kept as hints until the block is lifted.
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { closeAfterEach, createPki, metricValue, until, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, startCluster } from './cluster.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { metricValue, until } from '../../helpers/mesh.js';
+import { call, clusterPerTest } from './cluster.js';
 
 describe('peer fault switch', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
   afterEach(() => {
     delete process.env.CTXMESH_FAULTS;
   });
 
   it('does not exist without CTXMESH_FAULTS=1', async () => {
     process.env.CTXMESH_FAULTS = 'yes';
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c']);
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c']);
     const admin = `http://127.0.0.1:${c.node('node-a').running!.sidecar.ports.admin}`;
     for (const method of ['GET', 'POST', 'DELETE']) {
       const res = await fetch(`${admin}/faults`, { method, body: method === 'POST' ? '{"block":["node-b"]}' : undefined });
@@ -32,8 +26,7 @@ describe('peer fault switch', () => {
 
   it('blocking on one side cuts both directions; lifting it delivers the hints', async () => {
     process.env.CTXMESH_FAULTS = '1';
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c']);
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c']);
     const [a, , n3] = c.nodes as [typeof c.nodes[0], typeof c.nodes[0], typeof c.nodes[0]];
     const admin = (node: typeof a) => `http://127.0.0.1:${node.running!.sidecar.ports.admin}`;
     const blocked = await fetch(`${admin(n3)}/faults`, { method: 'POST', body: JSON.stringify({ block: ['node-a'] }) });

@@ -1,11 +1,10 @@
 // Rebalancing between in-process sidecars (RF=2 over four, so placement really moves): a member
 // leaves while writes go on — its keys are handed to their new replicas and dropped, every key ends
 // on exactly its two replicas — then comes back and gets its share again, with nothing lost.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Member } from '../../../src/membership/membership.js';
 import type { AntiEntropy } from '../../../src/state/replication/anti-entropy.js';
-import { closeAfterEach, createPki, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, startCluster, type Node, type TestCluster } from './cluster.js';
+import { call, clusterPerTest, type Node, type TestCluster } from './cluster.js';
 
 function aeOf(node: Node): AntiEntropy {
   return node.running!.sidecar.state!.antiEntropy!;
@@ -41,16 +40,10 @@ async function settle(problems: () => Promise<string[]>, timeoutMs: number, what
 }
 
 describe('rebalancing when members leave and join', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
 
   it('hands a leaving member’s keys to their new replicas and takes them back when it returns, under writes', async () => {
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c', 'node-d'], { factor: 2, peerTimeout: '2s', writeTimeout: '4s', antiEntropy: { interval: '2s' } });
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c', 'node-d'], { factor: 2, peerTimeout: '2s', writeTimeout: '4s', antiEntropy: { interval: '2s' } });
     const [a, b, n3, d] = c.nodes as [Node, Node, Node, Node];
     const acked = new Map<string, string>();
     let n = 0;

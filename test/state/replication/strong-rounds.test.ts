@@ -2,12 +2,12 @@
 // really missed a write, a refused epoch (409 stale_epoch) never hinted nor acknowledged, and the
 // prepare round skipped on a promise left by the coordinator's previous write on the key — while
 // racing coordinators' histories stay linearizable.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MeshError } from '../../../src/errors/table.js';
 import type { PeerHandler } from '../../../src/peer/router.js';
 import { checkLinearizable, History, type Value } from '../../helpers/history.js';
-import { closeAfterEach, createPki, metricValue, until, type IdentityFiles } from '../../helpers/mesh.js';
-import { call, interceptPeer, startCluster, type Node, type TestCluster } from './cluster.js';
+import { metricValue, until } from '../../helpers/mesh.js';
+import { call, interceptPeer, clusterPerTest, type Node, type TestCluster } from './cluster.js';
 
 /** Makes a node's peer handler answer as fencing does: 409 stale_epoch, before the handler runs. */
 function refuseEpoch(node: Node, name: string): () => void {
@@ -21,16 +21,10 @@ function refuseEpoch(node: Node, name: string): () => void {
 }
 
 describe('strong write rounds', () => {
-  const closers = closeAfterEach();
-  let identity: IdentityFiles;
-
-  beforeAll(async () => {
-    identity = await (await createPki()).issue('replica');
-  });
+  const launch = clusterPerTest();
 
   async function cluster(): Promise<TestCluster> {
-    const c = await startCluster(identity, ['node-a', 'node-b', 'node-c']);
-    closers.push(() => c.close());
+    const c = await launch(['node-a', 'node-b', 'node-c']);
     // A sidecar with live peers takes writes once it holds its membership lease (peer/fencing.ts).
     for (const node of c.nodes) {
       await until(async () => (await call(node.api(), 'PUT', `warmup/${node.id}`, { body: 'w', consistency: 'eventual' })).status === 204, 15_000, `${node.id} taking writes`);
