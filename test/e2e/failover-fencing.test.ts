@@ -325,24 +325,45 @@ describe('fencing and re-admission across a control plane and sidecar processes'
   }, 150_000);
 
   it('lease: SIGSTOP longer than the lease but shorter than a declaration, SIGCONT: the very first write is refused 503 fenced, then taken once renewed', async () => {
+    type LeaseView = FenceView & { lease: { required: boolean; ms: number; refusedWrites: number; renewals: number } };
     const victim = byId('chat-b');
     await settle('the mesh settled before the pause');
-    const own = await fence(victim);
     // The test config's shortest suspicion window (suspicionMinTimeout 800ms) is the default lease.
-    expect((own as FenceView & { lease: { required: boolean; ms: number } }).lease).toMatchObject({ required: true, ms: 800 });
+    expect(((await fence(victim)) as LeaseView).lease).toMatchObject({ required: true, ms: 800 });
     expect((await put(victim, 'lease/before', 'before')).status).toBe(204);
-    const declaredBefore = (await failovers(victim, 'declared')).length;
-    victim.child!.kill('SIGSTOP');
-    // Longer than the lease (800ms), shorter than the least a declaration takes (a missed 300ms
-    // probe plus the 800ms suspicion window).
-    await new Promise((r) => setTimeout(r, 1_000));
-    victim.child!.kill('SIGCONT');
-    const first = await put(victim, 'lease/first', 'first');
-    expect(first, JSON.stringify(first)).toMatchObject({ status: 503, code: 'fenced' });
-    // The lease refused it (its own count), not the epochs: the control plane may declare it only later.
-    const refusedAtOnce = ((await fence(victim)) as FenceView & { lease: { refusedWrites: number } }).lease.refusedWrites;
-    expect(refusedAtOnce).toBeGreaterThanOrEqual(1);
-    const declaredDuring = (await failovers(victim, 'declared')).length - declaredBefore;
+    // A trial in which the control plane declared the victim anyway (a loaded machine can stretch
+    // the pause past the ~1.1s a declaration takes) tests the epochs, not the lease: it still must
+    // refuse the first write, and the lease gets another trial.
+    let leaseTrial: { first: Write; key: string } | undefined;
+    const declaredTrials: string[] = [];
+    for (let trial = 0; trial < 3 && !leaseTrial; trial++) {
+      const key = `lease/first-${trial}`;
+      const declaredBefore = (await failovers(victim, 'declared')).length;
+      const refusedBefore = ((await fence(victim)) as LeaseView).lease.refusedWrites;
+      victim.child!.kill('SIGSTOP');
+      // Past the lease (800ms; it was last renewed from a round sent before the stop, so it has
+      // certainly run out), short of the least a declaration takes (a missed 300ms probe plus the
+      // 800ms suspicion window).
+      await new Promise((r) => setTimeout(r, 850));
+      // The write is queued in the stopped sidecar's socket before it resumes, so that it is read
+      // before any round of pings it starts on waking can renew the lease.
+      const pending = put(victim, key, 'first');
+      await new Promise((r) => setTimeout(r, 50));
+      victim.child!.kill('SIGCONT');
+      const first = await pending;
+      expect(first, JSON.stringify(first)).toMatchObject({ status: 503, code: 'fenced' });
+      const refusedByLease = ((await fence(victim)) as LeaseView).lease.refusedWrites - refusedBefore;
+      const declared = (await failovers(victim, 'declared')).length - declaredBefore;
+      if (declared === 0) {
+        // Not declared: the lease alone refused it (its own count), not the epochs.
+        expect(refusedByLease).toBeGreaterThanOrEqual(1);
+        leaseTrial = { first, key };
+      } else {
+        declaredTrials.push(`trial ${trial}: declared ${declared}x, lease refusals ${refusedByLease}`);
+        await settle('chat-b re-admitted after a trial the control plane declared');
+      }
+    }
+    expect(leaseTrial, declaredTrials.join('; ')).toBeDefined();
     let taken: Write | undefined;
     for (const until_ = Date.now() + 20_000; Date.now() < until_; ) {
       const write = await put(victim, 'lease/after', 'after');
@@ -354,15 +375,14 @@ describe('fencing and re-admission across a control plane and sidecar processes'
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(taken?.status).toBe(204);
-    const after = (await fence(victim)) as FenceView & { lease: { refusedWrites: number; renewals: number } };
-    expect(after.lease.refusedWrites).toBeGreaterThanOrEqual(1);
+    expect(((await fence(victim)) as LeaseView).lease.refusedWrites).toBeGreaterThanOrEqual(1);
     // The refused write was refused before it was applied: no replica has it.
-    const read = await request(`http://127.0.0.1:${byId('chat-a').context}/v1/contexts/lease/first`, { dispatcher: agent, headers: { 'ctxmesh-consistency': 'strong' } });
+    const read = await request(`http://127.0.0.1:${byId('chat-a').context}/v1/contexts/${leaseTrial!.key}`, { dispatcher: agent, headers: { 'ctxmesh-consistency': 'strong' } });
     await read.body.text();
     expect(read.statusCode).toBe(404);
-    console.log(`lease: first write after a 1s pause refused; declared ${declaredDuring}× meanwhile`);
+    console.log(`lease: first write after a 0.9s pause refused by the lease${declaredTrials.length ? ` (after ${declaredTrials.join('; ')})` : ''}`);
     await settle('chat-b settled after the pause');
-  }, 90_000);
+  }, 120_000);
 
   const held = async (node: ChatNode, prefix: string): Promise<Array<{ key: string; l1: boolean }>> =>
     (await getJson<{ keys: Array<{ key: string; l1: boolean }> }>(`http://127.0.0.1:${node.admin}/members/held?prefix=${encodeURIComponent(prefix)}&limit=10000`)).keys;
