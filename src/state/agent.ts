@@ -15,7 +15,7 @@ import { createContextApiServer } from './api/server.js';
 import type { L2Tier } from './cache/l2.js';
 import { MemoryL2 } from './cache/memory-l2.js';
 import { RedisL2 } from './cache/redis-l2.js';
-import { ENTRY_IN_L2, ENTRY_PENDING_L2, decodeWalEntry, keyCovered, withKind } from './checkpoint/entries.js';
+import { decodeWalEntry, encodeWalEntry, keyCovered } from './checkpoint/entries.js';
 import { eraseFromSnapshots, redactKey, scanForKey, writeAudit, type EraseReport, type KeyScan } from './checkpoint/erase.js';
 import { FrontierTrackingL2 } from './checkpoint/frontier.js';
 import { CheckpointManager, restoreMetrics } from './checkpoint/manager.js';
@@ -94,9 +94,10 @@ export class StateAgent {
     let agent: StateAgent | undefined;
     let checkpoints: CheckpointManager | undefined;
     const writeBehind = ctx.writeMode === 'write-behind';
-    const appendWal = (payload: Buffer): Promise<number> => {
+    const appendWal = (record: ContextRecord): Promise<number> => {
+      const payload = encodeWalEntry(record, writeBehind && l2.kind === 'redis');
       checkpoints?.noteWrite(payload.length);
-      return wal.append(withKind(writeBehind && l2.kind === 'redis' ? ENTRY_PENDING_L2 : ENTRY_IN_L2, payload));
+      return wal.append(payload);
     };
     const store = new LocalStore({
       nodeTag,

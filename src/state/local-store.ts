@@ -13,7 +13,7 @@ import { L1Cache } from './cache/l1.js';
 import { WriteBehindQueue, type WriteBehindOptions } from './cache/write-behind.js';
 import { HybridClock } from './hlc.js';
 import { KeyedLock } from './keyed-lock.js';
-import { encodeKeyedRecord, recordSize, type ContextRecord } from './record.js';
+import { recordSize, type ContextRecord } from './record.js';
 import type { Access, ContextStore, Mutation, ReadResult, StoreStats } from './store.js';
 import { compareVersions, makeVersion, versionTimestamp, type Version } from './version.js';
 
@@ -22,8 +22,8 @@ const UPDATE_ATTEMPTS = 8;
 
 /** What the store needs of the write-ahead log. */
 export interface WriteAheadLog {
-  /** Resolves with the record's LSN once it is durable per the fsync policy. */
-  append(payload: Buffer): Promise<number>;
+  /** Logs the record; resolves with its LSN once it is durable per the fsync policy. */
+  append(record: ContextRecord): Promise<number>;
 }
 
 export interface LocalStoreOptions {
@@ -222,7 +222,7 @@ export class LocalStore implements ContextStore {
     queue.reserve(bytes);
     let lsn: number;
     try {
-      lsn = await this.options.wal!.append(encodeKeyedRecord(record));
+      lsn = await this.options.wal!.append(record);
     } catch (err) {
       queue.release(bytes);
       throw new MeshError('internal', `WAL append failed: ${(err as Error).message}`, { cause: err });
@@ -235,7 +235,7 @@ export class LocalStore implements ContextStore {
   private async log(record: ContextRecord): Promise<void> {
     if (!this.options.wal) return;
     try {
-      await this.options.wal.append(encodeKeyedRecord(record));
+      await this.options.wal.append(record);
     } catch (err) {
       // L2 has the write; it is not acknowledged, as with any write whose reply was lost.
       throw new MeshError('internal', `WAL append failed: ${(err as Error).message}`, { cause: err });

@@ -53,15 +53,20 @@ export function recordSize(record: ContextRecord): number {
 }
 
 export function encodeRecord(record: ContextRecord): Buffer {
-  const meta: EnvelopeMeta = { c: record.contentType, x: record.expiresAt, t: record.updatedAt };
-  if (record.retention === 'critical') meta.r = 1;
-  if (record.tombstone) meta.d = 1;
-  const head = `${MAGIC}${record.version}\n${JSON.stringify(meta)}\n`;
+  const head = envelopeHead(record);
   const headBytes = Buffer.byteLength(head);
   const out = Buffer.allocUnsafe(headBytes + record.value.length);
   out.write(head, 0, 'utf8');
   record.value.copy(out, headBytes);
   return out;
+}
+
+/** The envelope up to the value: `CTX1 <version>\n<meta JSON>\n`. */
+function envelopeHead(record: ContextRecord): string {
+  const meta: EnvelopeMeta = { c: record.contentType, x: record.expiresAt, t: record.updatedAt };
+  if (record.retention === 'critical') meta.r = 1;
+  if (record.tombstone) meta.d = 1;
+  return `${MAGIC}${record.version}\n${JSON.stringify(meta)}\n`;
 }
 
 export class EnvelopeError extends Error {
@@ -95,14 +100,23 @@ export function decodeRecord(key: string, bytes: Buffer): ContextRecord {
   return record;
 }
 
-/** A record with its key, for logs and streams where no outer key names it: `u16 keyLength, key, envelope`. */
-export function encodeKeyedRecord(record: ContextRecord): Buffer {
-  const envelope = encodeRecord(record);
+/**
+ * A record with its key, for logs and streams where no outer key names it: `u16 keyLength, key,
+ * envelope`, after `headroom` bytes left for the caller (the WAL's kind byte). One buffer, one copy
+ * of the value: a write's value is copied once on its way to the log, not once per layer (the
+ * copies were most of a PUT's garbage, and each one an ArrayBuffer for the GC to track).
+ */
+export function encodeKeyedRecord(record: ContextRecord, headroom = 0): Buffer {
+  const head = envelopeHead(record);
   const keyBytes = Buffer.byteLength(record.key);
-  const out = Buffer.allocUnsafe(2 + keyBytes + envelope.length);
-  out.writeUInt16BE(keyBytes, 0);
-  out.write(record.key, 2, 'utf8');
-  envelope.copy(out, 2 + keyBytes);
+  const keyAt = headroom + 2;
+  const headAt = keyAt + keyBytes;
+  const valueAt = headAt + Buffer.byteLength(head);
+  const out = Buffer.allocUnsafe(valueAt + record.value.length);
+  out.writeUInt16BE(keyBytes, headroom);
+  out.write(record.key, keyAt, 'utf8');
+  out.write(head, headAt, 'utf8');
+  record.value.copy(out, valueAt);
   return out;
 }
 

@@ -5,7 +5,7 @@ import { MeshError } from '../../src/errors/table.js';
 import { ANY, type Expectation } from '../../src/state/cache/l2.js';
 import { MemoryL2 } from '../../src/state/cache/memory-l2.js';
 import { LocalStore, type LocalStoreOptions } from '../../src/state/local-store.js';
-import { decodeKeyedRecord, type ContextRecord } from '../../src/state/record.js';
+import { decodeKeyedRecord, encodeKeyedRecord, type ContextRecord } from '../../src/state/record.js';
 import type { Access, Mutation } from '../../src/state/store.js';
 import { compareVersions } from '../../src/state/version.js';
 import { createLogger } from '../../src/telemetry/logger.js';
@@ -35,8 +35,9 @@ class SwitchableL2 extends MemoryL2 {
 }
 
 function memoryWal() {
+  // As the agent logs them, less the kind byte: what a restart would read back.
   const entries: Buffer[] = [];
-  return { entries, append: (payload: Buffer) => Promise.resolve(entries.push(payload)) };
+  return { entries, append: (record: ContextRecord) => Promise.resolve(entries.push(encodeKeyedRecord(record))) };
 }
 
 function store(overrides: Partial<LocalStoreOptions> = {}) {

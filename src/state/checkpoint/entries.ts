@@ -12,14 +12,8 @@ export const ENTRY_REDACTED = 3;
 export type WalEntry = { redacted: true } | { redacted: false; record: ContextRecord; pendingL2: boolean };
 
 export function encodeWalEntry(record: ContextRecord, pendingL2: boolean): Buffer {
-  return withKind(pendingL2 ? ENTRY_PENDING_L2 : ENTRY_IN_L2, encodeKeyedRecord(record));
-}
-
-/** Prefixes an already encoded keyed record with its kind. */
-export function withKind(kind: number, keyedRecord: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(keyedRecord.length + 1);
-  out[0] = kind;
-  keyedRecord.copy(out, 1);
+  const out = encodeKeyedRecord(record, 1);
+  out[0] = pendingL2 ? ENTRY_PENDING_L2 : ENTRY_IN_L2;
   return out;
 }
 

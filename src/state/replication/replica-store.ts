@@ -9,7 +9,7 @@ import { KeyedLock } from '../keyed-lock.js';
 import { MeshError } from '../../errors/table.js';
 import type { Expectation, L2Tier, ListPage } from '../cache/l2.js';
 import type { LocalStore } from '../local-store.js';
-import { encodeKeyedRecord, type ContextRecord } from '../record.js';
+import type { ContextRecord } from '../record.js';
 import { compareVersions, makeVersion, type Version } from '../version.js';
 import type { Siblings } from './clock.js';
 import { recordOfState, SIBLINGS_CONTENT_TYPE, stateOf, type StoredPayload } from './codec.js';
@@ -53,7 +53,7 @@ export interface ReplicaStoreOptions {
   store: LocalStore;
   l2: L2Tier;
   /** The agent's WAL append (the same one the local store uses). */
-  appendWal: (payload: Buffer) => Promise<number>;
+  appendWal: (record: ContextRecord) => Promise<number>;
   now?: () => number;
 }
 
@@ -380,7 +380,7 @@ export class ReplicaStore {
 
   private async log(record: ContextRecord): Promise<number> {
     try {
-      return await this.options.appendWal(encodeKeyedRecord(record));
+      return await this.options.appendWal(record);
     } catch (err) {
       throw new MeshError('internal', `WAL append failed: ${(err as Error).message}`, { cause: err });
     }
