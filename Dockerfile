@@ -27,5 +27,6 @@ RUN groupadd --gid 1337 ctxmesh && useradd --uid 1337 --gid 1337 --no-create-hom
 USER 1337:1337
 # Sidecar (admin, outbound, inbound, context API), control plane (xDS, admin), injector webhook.
 EXPOSE 15000 15001 15006 15020 15010 15014 15017
-ENTRYPOINT ["node", "/opt/ctxmesh/dist/src/cli/main.js"]
+# The node flags are src/cli/node-flags.ts's (it says why); test/docker holds them equal.
+ENTRYPOINT ["node", "--initial-old-space-size=64", "/opt/ctxmesh/dist/src/cli/main.js"]
 CMD ["sidecar", "-c", "/etc/ctxmesh/sidecar.yaml"]

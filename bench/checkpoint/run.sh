@@ -41,6 +41,9 @@ QUIET_PCT="${BENCH_QUIET_PCT:-10}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-30}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 CLI="${BENCH_CTXMESH_CLI:-dist/src/cli/main.js}"
+# The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the sidecar
+# here runs as it does when deployed; none for a build whose shebang has none.
+CLI_NODE_FLAGS="$(sed -n '1s|^#!/usr/bin/env -S node||p' "$CLI")"
 PORT_BASE="${BENCH_CKPT_PORT_BASE:-19480}"
 P_IN=$PORT_BASE P_OUT=$((PORT_BASE + 1)) P_ADMIN=$((PORT_BASE + 2)) P_CTX=$((PORT_BASE + 3))
 if [[ "$(nproc)" -ge 2 ]]; then LOADGEN_CPU="${BENCH_LOADGEN_CPU-0}"; SERVER_CPU="${BENCH_SERVER_CPU-1}"
@@ -129,7 +132,7 @@ cat >"$TMP/meta.json" <<EOF
  "node":"$(node --version)","dd":"$(dd --version | head -1)","git":"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+uncommitted src changes')",
  "dir":"$TMP","device":"$(df -P "$TMP" | awk 'NR==2 {print $1}')","fs":"$(df -PT "$TMP" | awk 'NR==2 {print $2}')",
  "root":$([[ $EUID -eq 0 ]] && echo true || echo false),"wal_fsync":"$WAL_FSYNC","loadgen_cpu":"$LOADGEN_CPU","server_cpu":"$SERVER_CPU",
- "command":"bash bench/checkpoint/run.sh"}
+ "sidecar_node_flags":"$(echo $CLI_NODE_FLAGS ${BENCH_CKPT_SIDECAR_NODE_FLAGS:-})","command":"bash bench/checkpoint/run.sh"}
 EOF
 
 if has offline; then
@@ -167,7 +170,7 @@ EOF
   SIDECAR_FLAGS="${BENCH_CKPT_SIDECAR_NODE_FLAGS:-}"
   [[ " $SIDECAR_FLAGS " == *" --cpu-prof "* ]] && SIDECAR_FLAGS="$SIDECAR_FLAGS --cpu-prof-dir $TMP/prof"
   # shellcheck disable=SC2086 # the flags are words
-  $(pin "$SERVER_CPU") node $SIDECAR_FLAGS "$CLI" sidecar -c "$TMP/sidecar.yaml" >"$TMP/logs/sidecar.log" 2>&1 &
+  $(pin "$SERVER_CPU") node $CLI_NODE_FLAGS $SIDECAR_FLAGS "$CLI" sidecar -c "$TMP/sidecar.yaml" >"$TMP/logs/sidecar.log" 2>&1 &
   SRV_PID=$!; PIDS+=("$SRV_PID")
   T0=$SECONDS
   until curl -fsS "http://127.0.0.1:$P_ADMIN/ready" >/dev/null 2>&1; do

@@ -16,7 +16,7 @@
 // the kill, 1000), BENCH_FAILOVER_TAIL (ms of load after the EDS update, 1000),
 // BENCH_CTXMESH_CLI (default dist/src/cli/main.js).
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
@@ -31,6 +31,9 @@ const RATE = Number(process.env.BENCH_FAILOVER_RATE ?? 200);
 const WARM_MS = Number(process.env.BENCH_FAILOVER_WARM ?? 1000);
 const TAIL_MS = Number(process.env.BENCH_FAILOVER_TAIL ?? 1000);
 const CLI = resolve(process.env.BENCH_CTXMESH_CLI ?? 'dist/src/cli/main.js');
+// The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the
+// sidecars here run as they do when deployed; none for a build whose shebang has none.
+const CLI_NODE_FLAGS = (/^#!\/usr\/bin\/env -S node((?: \S+)*)$/m.exec(readFileSync(CLI, 'utf8').split('\n', 1)[0]) ?? ['', ''])[1].split(' ').filter(Boolean);
 const CHAT_IDS = ['chat-a', 'chat-b', 'chat-c'];
 const KEYS = Array.from({ length: 300 }, (_, i) => `chat/session-${i}`);
 /** How often the client's /clusters and the control plane's /v1/failovers are polled: the resolution of those two figures. */
@@ -96,7 +99,7 @@ async function ready(admin) {
 /** Starts `ctxmesh <command> -c file`; `onLine` sees each stdout line. */
 async function start(proc, command) {
   proc.output = '';
-  const child = spawn(process.execPath, [CLI, command, '-c', proc.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...CLI_NODE_FLAGS, CLI, command, '-c', proc.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.child = child;
   proc.exited = new Promise((r) => child.once('exit', r));
   let partial = '';

@@ -36,6 +36,9 @@ if (!args.work || !args.certs || !args.out) throw new Error('usage: writes.mjs -
 
 const env = (name, fallback) => process.env[name] ?? fallback;
 const CLI = resolve(env('BENCH_CTXMESH_CLI', join(ROOT, 'dist/src/cli/main.js')));
+// The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the
+// sidecars here run as they do when deployed; none for a build whose shebang has none.
+const CLI_NODE_FLAGS = (/^#!\/usr\/bin\/env -S node((?: \S+)*)$/m.exec(readFileSync(CLI, 'utf8').split('\n', 1)[0]) ?? ['', ''])[1].split(' ').filter(Boolean);
 const CONNS = env('BENCH_REPL_CONNS', '1 16 64').split(/\s+/).filter(Boolean).map(Number);
 const DURATION_S = Number(env('BENCH_DURATION', '5'));
 const WARMUP_S = Number(env('BENCH_WARMUP', '1'));
@@ -112,7 +115,7 @@ async function planSidecars(name, ids) {
 }
 
 async function startSidecar(node, nodeFlags = []) {
-  const argv = [process.execPath, ...nodeFlags, CLI, 'sidecar', '-c', node.configFile];
+  const argv = [process.execPath, ...CLI_NODE_FLAGS, ...nodeFlags, CLI, 'sidecar', '-c', node.configFile];
   const [cmd, ...rest] = SIDECAR_CPU ? ['taskset', '-c', SIDECAR_CPU, ...argv] : argv;
   node.output = '';
   const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -67,6 +67,9 @@ P_FLOOR=$((BASE + 2))     # node:http + ioredis (the L2 floor)
 P_IN=$((BASE + 10)); P_OUT=$((BASE + 11)); P_ADMIN=$((BASE + 12)); P_CTX=$((BASE + 13)) # sidecar
 
 CLI="${BENCH_CTXMESH_CLI:-$ROOT/dist/src/cli/main.js}"
+# The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the sidecar
+# here runs as it does when deployed; none for a build whose shebang has none.
+CLI_NODE_FLAGS="$(sed -n '1s|^#!/usr/bin/env -S node||p' "$CLI")"
 GET_KEY=bench/k1          # the context every GET scenario reads
 PUT_KEY=bench/put         # the one context every PUT writes (redis-benchmark -t set: one key too)
 RB_KEY='key:__rand_int__' # the key redis-benchmark reads and writes without -r
@@ -323,7 +326,7 @@ SRV_PID=0
 start_sidecar() { # start_sidecar NAME [node flags...]: a fresh sidecar with an empty data dir
   local name="$1"; shift
   rm -rf "$TMP/data"
-  start_bg "sidecar-$name" "$SERVER_CPU" node "$@" "$CLI" sidecar -c "$TMP/sidecar-$name.yaml"
+  start_bg "sidecar-$name" "$SERVER_CPU" node $CLI_NODE_FLAGS "$@" "$CLI" sidecar -c "$TMP/sidecar-$name.yaml"
   SRV_PID=$LAST_PID
   wait_ready "http://127.0.0.1:$P_ADMIN/ready" "$SRV_PID" && return 0
   info "sidecar $name did not become ready; its log:"; tail -20 "$TMP/logs/sidecar-$name.log" | sed 's/^/   /' >&2

@@ -1,5 +1,6 @@
-#!/usr/bin/env node
-// The `ctxmesh` command. Each verb lives in its own module and registers itself here.
+#!/usr/bin/env -S node --initial-old-space-size=64
+// The `ctxmesh` command. Each verb lives in its own module and registers itself here. The node
+// flags of the first line are NODE_FLAGS (node-flags.ts), which says why.
 import { Command } from 'commander';
 import { registerCerts } from './certs.js';
 import { registerCheckpoint } from './checkpoint.js';

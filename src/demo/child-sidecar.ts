@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, writeFileSync, type WriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../cli/node-flags.js';
 import type { SidecarPorts } from '../sidecar.js';
 
 /** The built CLI beside this module (dist/src/demo → dist/src/cli). */
@@ -37,7 +38,7 @@ export class ChildSidecar {
   static async start(name: string, config: object, configFile: string, logFile: string): Promise<ChildSidecar> {
     writeFileSync(configFile, JSON.stringify(config, null, 2));
     const log = createWriteStream(logFile, { flags: 'a' });
-    const child = spawn(process.execPath, [CLI, 'sidecar', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...NODE_FLAGS, CLI, 'sidecar', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(child);
     const exited = new Promise<void>((resolve) =>
       child.once('exit', () => {

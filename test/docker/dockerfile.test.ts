@@ -6,6 +6,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { join, posix } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { NODE_FLAGS } from '../../src/cli/node-flags.js';
 
 type Instruction = { op: string; args: string; line: number };
 type Stage = { image: string; name?: string; instructions: Instruction[] };
@@ -194,7 +195,10 @@ describe('Dockerfile', () => {
     expect(entry, 'ENTRYPOINT').toBeDefined();
     const argv: string[] = JSON.parse(entry!.args); // exec form: node is PID 1 and receives SIGTERM
     expect(argv[0]).toMatch(/(^|\/)node$/);
-    const script = posix.resolve(workdirAt(runtime, entry!), argv[1]!);
+    // node's flags, then the script: the flags the CLI's shebang carries too (src/cli/node-flags.ts).
+    const flags = argv.slice(1, argv.findIndex((arg, i) => i > 0 && !arg.startsWith('-')));
+    expect(flags).toEqual(NODE_FLAGS);
+    const script = posix.resolve(workdirAt(runtime, entry!), argv[1 + flags.length]!);
     expect(script).toMatch(/\/dist\/src\/cli\/main\.js$/);
     // The script is inside the dist directory the runtime stage copied.
     const distCopy = of(runtime, 'COPY').find((i) => parseCopy(i.args).sources.some((s) => /(^|\/)dist\/?$/.test(s)))!;
@@ -218,6 +222,16 @@ describe('npm run build produces the entrypoint', () => {
     expect(existsSync(ENTRY)).toBe(true);
     const help = execFileSync(process.execPath, [ENTRY, '--help'], { encoding: 'utf8' });
     expect(help).toMatch(/sidecar/);
+  });
+
+  it('runs as a program (the npm bin) with NODE_FLAGS, through its shebang', () => {
+    const shebang = readFileSync(ENTRY, 'utf8').split('\n', 1)[0]!;
+    expect(shebang).toBe(`#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+    // What the kernel runs for `ctxmesh --version`: env splits the line, node takes the flags (it
+    // exits 9 on one it does not know) and runs the CLI.
+    const out = spawnSync('/usr/bin/env', [shebang.slice('#!/usr/bin/env '.length), ENTRY, '--version'], { encoding: 'utf8' });
+    expect(out.status, out.stderr).toBe(0);
+    expect(out.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
   });
 
   it('compiles xds/ into dist/xds, beside dist/src, where the runtime copy of dist picks it up', () => {
