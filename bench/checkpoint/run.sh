@@ -41,9 +41,6 @@ QUIET_PCT="${BENCH_QUIET_PCT:-10}"
 QUIET_WAIT="${BENCH_QUIET_WAIT:-30}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 CLI="${BENCH_CTXMESH_CLI:-dist/src/cli/main.js}"
-# The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the sidecar
-# here runs as it does when deployed; none for a build whose shebang has none.
-CLI_NODE_FLAGS="$(sed -n '1s|^#!/usr/bin/env -S node||p' "$CLI")"
 PORT_BASE="${BENCH_CKPT_PORT_BASE:-19480}"
 P_IN=$PORT_BASE P_OUT=$((PORT_BASE + 1)) P_ADMIN=$((PORT_BASE + 2)) P_CTX=$((PORT_BASE + 3))
 if [[ "$(nproc)" -ge 2 ]]; then LOADGEN_CPU="${BENCH_LOADGEN_CPU-0}"; SERVER_CPU="${BENCH_SERVER_CPU-1}"
@@ -117,6 +114,8 @@ if [[ -z "${BENCH_CTXMESH_CLI:-}" && "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   fi
 fi
 [[ -f "$CLI" ]] || die "$CLI not found (npm run build)"
+# The sidecar runs with the node flags of the CLI's shebang, as deployed (bench/cli-node-flags.mjs).
+CLI_NODE_FLAGS="$(node "$ROOT/bench/cli-node-flags.mjs" "$CLI")"
 command -v dd >/dev/null || die "dd not found"
 if [[ -n "${BENCH_CKPT_DIR:-}" ]]; then mkdir -p "$BENCH_CKPT_DIR"; TMP="$(mktemp -d "$BENCH_CKPT_DIR/ckpt-bench.XXXXXX")"
 else TMP="$(mktemp -d /tmp/ctxmesh-ckpt-bench.XXXXXX)"; fi

@@ -16,13 +16,14 @@
 // the kill, 1000), BENCH_FAILOVER_TAIL (ms of load after the EDS update, 1000),
 // BENCH_CTXMESH_CLI (default dist/src/cli/main.js).
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import HashRing from 'hashring';
 import { Agent, Pool, request } from 'undici';
 import { initCa, issueCert } from '../../dist/src/tls/ca.js';
+import { cliNodeFlags } from '../cli-node-flags.mjs';
 
 const [work, outFile, trialsArg = '20'] = process.argv.slice(2);
 if (!work || !outFile) throw new Error('usage: failover.mjs <work dir> <out.json> [trials]');
@@ -31,9 +32,8 @@ const RATE = Number(process.env.BENCH_FAILOVER_RATE ?? 200);
 const WARM_MS = Number(process.env.BENCH_FAILOVER_WARM ?? 1000);
 const TAIL_MS = Number(process.env.BENCH_FAILOVER_TAIL ?? 1000);
 const CLI = resolve(process.env.BENCH_CTXMESH_CLI ?? 'dist/src/cli/main.js');
-// The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the
-// sidecars here run as they do when deployed; none for a build whose shebang has none.
-const CLI_NODE_FLAGS = (/^#!\/usr\/bin\/env -S node((?: \S+)*)$/m.exec(readFileSync(CLI, 'utf8').split('\n', 1)[0]) ?? ['', ''])[1].split(' ').filter(Boolean);
+// The sidecars run with the node flags of the CLI's shebang, as deployed.
+const CLI_NODE_FLAGS = cliNodeFlags(CLI);
 const CHAT_IDS = ['chat-a', 'chat-b', 'chat-c'];
 const KEYS = Array.from({ length: 300 }, (_, i) => `chat/session-${i}`);
 /** How often the client's /clusters and the control plane's /v1/failovers are polled: the resolution of those two figures. */

@@ -72,9 +72,6 @@ SC_A=($((BASE + 8001)) $((BASE + 8006)) $((BASE + 8000)) $((BASE + 8020)))
 SC_B=($((BASE + 9001)) $((BASE + 9006)) $((BASE + 9000)) $((BASE + 9020)))
 
 CLI="${BENCH_CTXMESH_CLI:-$ROOT/dist/src/cli/main.js}"
-# The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the sidecar
-# here runs as it does when deployed; none for a build whose shebang has none.
-CLI_NODE_FLAGS="$(sed -n '1s|^#!/usr/bin/env -S node||p' "$CLI")"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 info() { printf '   %s\n' "$*" >&2; }
@@ -541,7 +538,8 @@ prepare_ctxmesh() {
 
 start_sidecar() { # start_sidecar NAME ADMINPORT STDOUT  -> LAST_PID
   local name="$1" admin="$2" out="$3" i code
-  start_bg "sidecar-$name" "$PROXY_CPU" "$out" node $CLI_NODE_FLAGS "$CLI" sidecar -c "$TMP/sidecar-$name.yaml"
+  # With the node flags of the CLI's shebang, as deployed (bench/cli-node-flags.mjs).
+  start_bg "sidecar-$name" "$PROXY_CPU" "$out" node $(node "$ROOT/bench/cli-node-flags.mjs" "$CLI") "$CLI" sidecar -c "$TMP/sidecar-$name.yaml"
   for ((i = 0; i < 300; i++)); do
     kill -0 "$LAST_PID" 2>/dev/null || break
     code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$admin/ready" || true)"

@@ -27,6 +27,7 @@ import { createHistogram, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { Pool, request } from 'undici';
+import { cliNodeFlags } from '../cli-node-flags.mjs';
 
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
 const { values: args } = parseArgs({
@@ -36,9 +37,8 @@ if (!args.work || !args.certs || !args.out) throw new Error('usage: writes.mjs -
 
 const env = (name, fallback) => process.env[name] ?? fallback;
 const CLI = resolve(env('BENCH_CTXMESH_CLI', join(ROOT, 'dist/src/cli/main.js')));
-// The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the
-// sidecars here run as they do when deployed; none for a build whose shebang has none.
-const CLI_NODE_FLAGS = (/^#!\/usr\/bin\/env -S node((?: \S+)*)$/m.exec(readFileSync(CLI, 'utf8').split('\n', 1)[0]) ?? ['', ''])[1].split(' ').filter(Boolean);
+// The sidecars run with the node flags of the CLI's shebang, as deployed.
+const CLI_NODE_FLAGS = cliNodeFlags(CLI);
 const CONNS = env('BENCH_REPL_CONNS', '1 16 64').split(/\s+/).filter(Boolean).map(Number);
 const DURATION_S = Number(env('BENCH_DURATION', '5'));
 const WARMUP_S = Number(env('BENCH_WARMUP', '1'));

@@ -67,9 +67,6 @@ P_FLOOR=$((BASE + 2))     # node:http + ioredis (the L2 floor)
 P_IN=$((BASE + 10)); P_OUT=$((BASE + 11)); P_ADMIN=$((BASE + 12)); P_CTX=$((BASE + 13)) # sidecar
 
 CLI="${BENCH_CTXMESH_CLI:-$ROOT/dist/src/cli/main.js}"
-# The node flags the CLI runs with as a program (its shebang: src/cli/node-flags.ts), so the sidecar
-# here runs as it does when deployed; none for a build whose shebang has none.
-CLI_NODE_FLAGS="$(sed -n '1s|^#!/usr/bin/env -S node||p' "$CLI")"
 GET_KEY=bench/k1          # the context every GET scenario reads
 PUT_KEY=bench/put         # the one context every PUT writes (redis-benchmark -t set: one key too)
 RB_KEY='key:__rand_int__' # the key redis-benchmark reads and writes without -r
@@ -459,6 +456,8 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 && -z "${BENCH_CTXMESH_CLI:-}" ]] &&
   npm run build --silent >"$TMP/logs/build.log" 2>&1 || { tail -20 "$TMP/logs/build.log" >&2; die "npm run build failed"; }
 fi
 [[ -f "$CLI" ]] || die "${CLI#"$ROOT/"} missing (npm ci && npm run build)"
+# The sidecar runs with the node flags of the CLI's shebang, as deployed (bench/cli-node-flags.mjs).
+CLI_NODE_FLAGS="$(node "$ROOT/bench/cli-node-flags.mjs" "$CLI")"
 say "certificates (ctxmesh certs init / issue)"
 node "$CLI" certs init --out "$TMP/certs" >"$TMP/logs/certs.log" 2>&1 || die "ctxmesh certs init failed"
 node "$CLI" certs issue --ca "$TMP/certs" --name bench --out "$TMP/certs/bench" >>"$TMP/logs/certs.log" 2>&1 \
