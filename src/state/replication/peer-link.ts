@@ -160,12 +160,7 @@ interface PendingItem {
   reject: (err: MeshError) => void;
 }
 
-export interface RoundLinkOptions {
-  client: PeerClient;
-  membership: Membership;
-  timeoutMs: number;
-  maxBatchBytes: number;
-}
+export type RoundLinkOptions = Pick<PeerLinkOptions, 'client' | 'membership' | 'timeoutMs' | 'maxBatchBytes'>;
 
 /**
  * Strong-round calls (prepare, accept, peek) of many keys to one peer, batched as PeerLink batches
