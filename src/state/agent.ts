@@ -124,9 +124,9 @@ export class StateAgent {
           l2.apply(record);
         },
         // The snapshot chain in bulk (checkpoint/rebuild.ts); the WAL after it goes through apply.
-        loadSnapshot: (records) => {
-          for (const record of records) store.observe(record.version);
-          l2.loadSnapshot(records);
+        loadSnapshot: (batch) => {
+          for (const record of batch.records) store.observe(record.version);
+          l2.loadSnapshot(batch);
         },
       });
       for (const skipped of report.skipped) logger.error(skipped, 'checkpoint chain unreadable; falling back to an older one');

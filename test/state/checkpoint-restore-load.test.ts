@@ -1,6 +1,7 @@
 // A restore's bulk path into the embedded L2: rebuild() hands the snapshot chain to
-// MemoryL2.loadSnapshot (no changed-key marks, values left in the read slabs, survivors of a
-// mostly replaced slab copied out) and the WAL after it to apply, as the sidecar's start-up does.
+// MemoryL2.loadSnapshot (no changed-key marks, records left in the blocks they were read into,
+// survivors of a mostly replaced block copied out) and the WAL after it to apply, as the sidecar's
+// start-up does.
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +12,7 @@ import { encodeWalEntry } from '../../src/state/checkpoint/entries.js';
 import { FrontierTrackingL2 } from '../../src/state/checkpoint/frontier.js';
 import { rebuild, type RebuildSource } from '../../src/state/checkpoint/rebuild.js';
 import { writeSnapshot } from '../../src/state/checkpoint/snapshot-file.js';
-import type { ContextRecord } from '../../src/state/record.js';
+import { decodeKeyedRecord, type ContextRecord, type RecordOrKeyed } from '../../src/state/record.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -23,9 +24,14 @@ function record(i: number, text = `value-${i}`, node = 'node-a'): ContextRecord 
   return { key: `tenant/s-${i}`, value: Buffer.from(text), contentType: 'text/plain', version: `${T0 + i}.0@${node}`, expiresAt: 0, retention: 'normal', updatedAt: T0 + i };
 }
 
+/** A view's item as a record: the L2 hands out unchanged records in their keyed form. */
+function asRecord(item: RecordOrKeyed): ContextRecord {
+  return Buffer.isBuffer(item) ? decodeKeyedRecord(item) : item;
+}
+
 function changedKeys(l2: MemoryL2): string[] {
   const view = l2.openView();
-  const keys = [...l2.viewChanges(view, T0)].flat().map((r) => r.key);
+  const keys = [...l2.viewChanges(view, T0)].flat().map((r) => asRecord(r).key);
   l2.closeView(view, true);
   return keys.sort();
 }
@@ -60,7 +66,7 @@ describe('restore into the embedded L2 through loadSnapshot', () => {
         l2.apply(r);
       },
       loadSnapshot: (batch) => {
-        calls.load += batch.length;
+        calls.load += batch.records.length;
         l2.loadSnapshot(batch);
       },
     });
@@ -77,42 +83,58 @@ describe('restore into the embedded L2 through loadSnapshot', () => {
 
   it('drops tombstones and expired records, and with a view open marks keys changed as apply does', () => {
     const l2 = new MemoryL2(() => T0);
-    l2.loadSnapshot([record(1), record(2), { ...record(3), expiresAt: T0 - 1 }]);
-    l2.loadSnapshot([{ ...record(2), tombstone: true, value: Buffer.alloc(0) }]);
+    l2.loadSnapshot({ records: [record(1), record(2), { ...record(3), expiresAt: T0 - 1 }] });
+    l2.loadSnapshot({ records: [{ ...record(2), tombstone: true, value: Buffer.alloc(0) }] });
     expect(l2.size).toBe(1);
     expect(changedKeys(l2)).toEqual([]);
 
     const view = l2.openView();
-    l2.loadSnapshot([record(1, 'during the view'), record(4)]);
+    l2.loadSnapshot({ records: [record(1, 'during the view'), record(4)] });
     // The view still reads the map as it was when it opened; the keys are changes for the next one.
-    expect([...l2.viewRecords(view)].flat().map((r) => [r.key, r.value.toString()])).toEqual([['tenant/s-1', 'value-1']]);
+    expect([...l2.viewRecords(view)].flat().map(asRecord).map((r) => [r.key, r.value.toString()])).toEqual([['tenant/s-1', 'value-1']]);
     l2.closeView(view, true);
     expect(changedKeys(l2)).toEqual(['tenant/s-1', 'tenant/s-4']);
   });
 
-  it('copies the last current values of a mostly replaced shared buffer into buffers of their own', async () => {
-    const slab = Buffer.alloc(16 * 8192);
-    const loaded = Array.from({ length: 16 }, (_, i) => ({ ...record(i), value: slab.subarray(i * 8192, (i + 1) * 8192).fill(i + 1) }));
+  it('keeps a block where it was read, and copies its last live records out once most are replaced', async () => {
+    const records = Array.from({ length: 16 }, (_, i) => record(i, String.fromCharCode(97 + i).repeat(8192)));
+    const source = await checkpointDir(records, []);
     const l2 = new MemoryL2();
-    l2.loadSnapshot(loaded);
-    const bufferOf = async (i: number) => (await l2.get(`tenant/s-${i}`))!.value.buffer;
-    // Half replaced (by a write or a delete): the rest still share the slab.
+    const blocks: Buffer[] = [];
+    await rebuild(source, { kind: 'latest' }, {
+      reset: () => l2.clear(),
+      apply: (r) => l2.apply(r),
+      loadSnapshot: (batch) => {
+        blocks.push(batch.block);
+        l2.loadSnapshot(batch);
+      },
+    });
+    // Not copied: what the L2 holds is the block itself.
+    expect(new Set(blocks).size).toBe(1);
+    const live = l2.memory.liveBytes;
+    expect(live).toBeGreaterThan(16 * 8192);
+    expect(l2.memory.heldBytes).toBe(blocks[0]!.length);
+    // Half replaced (by writes and a delete): the rest still live in the block.
     for (let i = 0; i < 7; i++) l2.apply(record(i, 'new'));
     l2.erase('tenant/s-7');
-    expect(await bufferOf(8)).toBe(slab.buffer);
-    // One more: fewer than half are current, the other 7 move out, unchanged, and are not changes.
+    const heldBefore = l2.memory.heldBytes; // the block and the slab the writes went to
+    expect(heldBefore).toBeGreaterThan(blocks[0]!.length);
+    // One more: fewer than half are live, the other 7 are copied out, unchanged, and are not changes.
     const changedBefore = changedKeys(l2);
     l2.apply({ ...record(8), tombstone: true, value: Buffer.alloc(0) });
-    for (let i = 9; i < 16; i++) {
-      const value = (await l2.get(`tenant/s-${i}`))!.value;
-      expect(value.buffer).not.toBe(slab.buffer);
-      expect(value.equals(Buffer.alloc(8192, i + 1))).toBe(true);
-    }
+    expect(l2.memory.heldBytes).toBe(heldBefore - blocks[0]!.length);
+    for (let i = 9; i < 16; i++) expect((await l2.get(`tenant/s-${i}`))!.value.toString()).toBe(String.fromCharCode(97 + i).repeat(8192));
+    expect((await l2.get('tenant/s-3'))!.value.toString()).toBe('new');
     expect(changedKeys(l2)).toEqual(['tenant/s-8']);
     expect(changedBefore).toEqual(['tenant/s-0', 'tenant/s-1', 'tenant/s-2', 'tenant/s-3', 'tenant/s-4', 'tenant/s-5', 'tenant/s-6']);
-    // Small values (Buffer's pool) are not tracked: nothing to copy, nothing breaks.
-    l2.loadSnapshot([record(100, 'small')]);
-    l2.apply(record(100, 'replaced'));
-    expect((await l2.get('tenant/s-100'))!.value.toString()).toBe('replaced');
+  });
+
+  it('hands out values of their own, which later writes and compactions leave as they were', async () => {
+    const l2 = new MemoryL2();
+    l2.loadSnapshot({ records: [record(1, 'first')] });
+    const held = (await l2.get('tenant/s-1'))!;
+    for (let i = 0; i < 2_000; i++) l2.apply(record(1, `rewrite-${i}-`.repeat(50)));
+    expect(held.value.toString()).toBe('first');
+    expect(held.value.buffer.byteLength).toBeLessThan(64 * 1024); // not a view of an arena slab
   });
 });

@@ -1,12 +1,14 @@
-// The embedded L2: an in-process map, for the demo and a single developer. Nothing is shared, so
-// there is nothing to invalidate; durability comes from snapshots and the WAL, replayed into it at
-// start.
+// The embedded L2: in process, for the demo and a single developer. Nothing is shared, so there is
+// nothing to invalidate; durability comes from snapshots and the WAL, replayed into it at start.
+// Records are kept encoded in an arena, not as objects (record-arena.ts says why); an index maps
+// each key to its slot there.
 //
 // Snapshots read it through a copy-on-write view: opening a view costs O(1); while it is open, the
 // first change to a key saves that key's previous record (its pre-image) in the view, so the view
 // reads the map exactly as it was when it opened, while writes carry on.
 import { EventEmitter } from 'node:events';
-import { isExpired, type ContextRecord } from '../record.js';
+import { decodeKeyedRecordAt, isExpired, keyedRecordVersion, type ContextRecord, type RecordOrKeyed } from '../record.js';
+import { RecordArena } from './record-arena.js';
 import { satisfies, type Expectation, type L2Tier, type ListPage, type WriteOutcome } from './l2.js';
 
 /** The map as it was when the view opened. */
@@ -22,30 +24,23 @@ export class SnapshotView {
 /** Records per array handed to the snapshot writer: small enough to keep the event loop moving. */
 const VIEW_BATCH = 512;
 
-/**
- * A value whose buffer is at least this big shares it with others: a restore's read slab or a
- * decrypted/inflated block (snapshot-file.ts). Smaller ones (Buffer's 8 KiB pool) are not tracked.
- */
-const SHARED_BUFFER_MIN_BYTES = 64 * 1024;
-
-/** The values loaded from one shared buffer, and how many of them are still the current ones. */
-interface SharedBuffer {
-  keys: string[];
-  current: number;
+/** Records read from a snapshot; with `block` and `spans` (SnapshotBatch), where each lies in the block. */
+export interface LoadBatch {
+  records: readonly ContextRecord[];
+  block?: Buffer;
+  spans?: readonly number[];
 }
 
 export class MemoryL2 extends EventEmitter implements L2Tier {
   readonly kind = 'memory';
   readonly available = true;
   readonly coherent = true;
-  private readonly records = new Map<string, ContextRecord>();
+  /** Key → its record's slot in the arena (record-arena.ts: why records are not kept as objects). */
+  private readonly index = new Map<string, number>();
+  private readonly arena = new RecordArena();
   private readonly views = new Set<SnapshotView>();
   /** Keys changed since the last view opened. */
   private changed = new Set<string>();
-  /** Buffers that values loaded by loadSnapshot share (weak: one none uses is garbage as usual). */
-  private shared = new WeakMap<ArrayBufferLike, SharedBuffer>();
-  /** How many of them still hold a current value: while 0, writes skip the bookkeeping. */
-  private sharedCount = 0;
 
   constructor(private readonly now: () => number = Date.now) {
     super();
@@ -56,19 +51,29 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   }
 
   get size(): number {
-    return this.records.size;
+    return this.index.size;
   }
 
+  /** Bytes the stored records occupy, and the bytes held for them (live plus not yet compacted). */
+  get memory(): { liveBytes: number; heldBytes: number } {
+    return { liveBytes: this.arena.liveBytes, heldBytes: this.arena.heldBytes };
+  }
+
+  /**
+   * The record, its value a copy of its own: a caller may keep it (L1 does) and must not pin an
+   * arena slab for as long as it does.
+   */
   get(key: string): Promise<ContextRecord | undefined> {
-    return Promise.resolve(this.read(key));
+    return Promise.resolve(this.read(key, true));
   }
 
   getMany(keys: readonly string[]): Promise<Array<ContextRecord | undefined>> {
-    return Promise.resolve(keys.map((k) => this.read(k)));
+    return Promise.resolve(keys.map((k) => this.read(k, true)));
   }
 
   write(record: ContextRecord, expected: Expectation): Promise<WriteOutcome> {
-    const current = this.read(record.key)?.version;
+    const slot = this.liveSlot(record.key);
+    const current = slot === undefined ? undefined : keyedRecordVersion(this.arena.bytes(slot), this.arena.start(slot), this.arena.end(slot));
     if (!satisfies(expected, current)) return Promise.resolve({ ok: false, current });
     this.apply(record);
     return Promise.resolve({ ok: true });
@@ -82,70 +87,49 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   /** Applies a record without a condition, synchronously: WAL replay at start uses it. */
   apply(record: ContextRecord): void {
     this.beforeChange(record.key);
-    if (this.sharedCount > 0) this.release(this.records.get(record.key));
-    if (record.tombstone || isExpired(record, this.now())) this.records.delete(record.key);
-    else this.records.set(record.key, record);
+    const previous = this.index.get(record.key);
+    if (record.tombstone || isExpired(record, this.now())) this.index.delete(record.key);
+    else this.index.set(record.key, this.arena.add(record));
+    if (previous !== undefined) this.arena.free(previous);
   }
 
   /**
    * Loads records read from a snapshot chain, in order, in bulk: a restore's path. Unlike apply,
    * the keys are not marked changed — the state loaded is the chain's tip, which the next
-   * incremental builds on (CheckpointManager's `loaded`), so they are not changes since it — and
-   * values sharing a read buffer are tracked so the last ones still current in a mostly replaced
-   * buffer get copied out (see release). With a view open it is apply, record by record.
+   * incremental builds on (CheckpointManager's `loaded`), so they are not changes since it — and a
+   * batch that says where its records lie (SnapshotBatch) is kept where it is, its block adopted by
+   * the arena, not copied. With a view open it is apply, record by record.
    */
-  loadSnapshot(records: readonly ContextRecord[]): void {
+  loadSnapshot(batch: LoadBatch): void {
+    const { records, block, spans } = batch;
     if (this.views.size > 0) {
       for (const record of records) this.apply(record);
       return;
     }
     const now = this.now();
-    for (const record of records) {
-      if (this.sharedCount > 0) this.release(this.records.get(record.key));
-      if (record.tombstone || isExpired(record, now)) {
-        this.records.delete(record.key);
-        continue;
-      }
-      this.records.set(record.key, record);
-      const buffer = record.value.buffer;
-      if (buffer.byteLength < SHARED_BUFFER_MIN_BYTES) continue;
-      let shared = this.shared.get(buffer);
-      if (shared === undefined) {
-        this.shared.set(buffer, (shared = { keys: [], current: 0 }));
-        this.sharedCount++;
-      }
-      shared.keys.push(record.key);
-      shared.current++;
+    const slab = block && spans ? this.arena.adopt(block) : -1;
+    for (let i = 0; i < records.length; i++) {
+      const record = records[i]!;
+      const previous = this.index.get(record.key);
+      if (record.tombstone || isExpired(record, now)) this.index.delete(record.key);
+      else this.index.set(record.key, slab < 0 ? this.arena.add(record) : this.arena.place(slab, spans![2 * i]!, spans![2 * i + 1]!, record.expiresAt));
+      if (previous !== undefined) this.arena.free(previous);
     }
-  }
-
-  /**
-   * `previous` stops being current. Once fewer than half of a shared buffer's values are current,
-   * the rest are copied into buffers of their own and the shared one is left to the GC: a value
-   * never keeps more than about its own size again of dead neighbours alive, and each value is
-   * copied out at most once.
-   */
-  private release(previous: ContextRecord | undefined): void {
-    if (previous === undefined) return;
-    const buffer = previous.value.buffer;
-    const shared = this.shared.get(buffer);
-    if (shared === undefined) return;
-    shared.current--;
-    if (shared.current * 2 >= shared.keys.length) return;
-    this.shared.delete(buffer);
-    this.sharedCount--;
-    for (const key of shared.keys) {
-      const record = this.records.get(key);
-      if (record === undefined || record === previous || record.value.buffer !== buffer) continue;
-      const value = Buffer.allocUnsafe(record.value.length);
-      record.value.copy(value);
-      // The same record, another buffer: not a change (no view or incremental needs to see it).
-      this.records.set(key, { ...record, value });
-    }
+    if (slab >= 0) this.arena.settle(slab);
   }
 
   private beforeChange(key: string): void {
-    for (const view of this.views) if (!view.preImages.has(key)) view.preImages.set(key, this.records.get(key) ?? null);
+    if (this.views.size > 0) {
+      let before: ContextRecord | null | undefined;
+      for (const view of this.views) {
+        if (view.preImages.has(key)) continue;
+        if (before === undefined) {
+          const slot = this.index.get(key);
+          before = slot === undefined ? null : this.decode(key, slot, false);
+        }
+        view.preImages.set(key, before);
+      }
+    }
     this.changed.add(key);
   }
 
@@ -163,20 +147,25 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     if (!succeeded) for (const key of view.changed) this.changed.add(key);
   }
 
-  /** Every live record as of the view's opening, in batches. A record may come twice, identical. */
-  *viewRecords(view: SnapshotView): Generator<ContextRecord[]> {
+  /**
+   * Every live record as of the view's opening, in batches; a record may come twice, identical.
+   * Records unchanged since the opening come in their keyed form, a view into the arena, which the
+   * snapshot writer copies as each batch arrives: nothing is decoded to be encoded again.
+   */
+  *viewRecords(view: SnapshotView): Generator<RecordOrKeyed[]> {
     const now = this.now();
-    let batch: ContextRecord[] = [];
+    let batch: RecordOrKeyed[] = [];
     const emit = (record: ContextRecord | null | undefined): void => {
       if (record && !isExpired(record, now)) batch.push(record);
     };
     // The map may change between batches; Map iterators tolerate that, and the pre-images give
     // each changed key its value as of the opening (null: created since, skipped).
     const savedEmitted = new Set<string>();
-    for (const [key, current] of this.records) {
+    for (const [key, slot] of this.index) {
       const saved = view.preImages.get(key);
-      if (saved === undefined) emit(current);
-      else if (saved !== null && !savedEmitted.has(key)) {
+      if (saved === undefined) {
+        if (!this.expired(slot, now)) batch.push(this.keyed(slot));
+      } else if (saved !== null && !savedEmitted.has(key)) {
         savedEmitted.add(key);
         emit(saved);
       }
@@ -191,17 +180,15 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   }
 
   /** The view's changed keys as of its opening: records, or tombstones for keys gone by then. */
-  *viewChanges(view: SnapshotView, tombstoneAt: number): Generator<ContextRecord[]> {
+  *viewChanges(view: SnapshotView, tombstoneAt: number): Generator<RecordOrKeyed[]> {
     const now = this.now();
-    let batch: ContextRecord[] = [];
+    let batch: RecordOrKeyed[] = [];
     for (const key of view.changed) {
       const saved = view.preImages.get(key);
-      const record = saved === undefined ? this.records.get(key) : saved;
-      batch.push(
-        record && !isExpired(record, now)
-          ? record
-          : { key, value: Buffer.alloc(0), contentType: '', version: '', expiresAt: 0, retention: 'normal', updatedAt: tombstoneAt, tombstone: true },
-      );
+      const slot = saved === undefined ? this.index.get(key) : undefined;
+      if (slot !== undefined && !this.expired(slot, now)) batch.push(this.keyed(slot));
+      else if (saved && !isExpired(saved, now)) batch.push(saved);
+      else batch.push({ key, value: Buffer.alloc(0), contentType: '', version: '', expiresAt: 0, retention: 'normal', updatedAt: tombstoneAt, tombstone: true });
       if (batch.length >= VIEW_BATCH) {
         yield batch;
         batch = [];
@@ -213,18 +200,18 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
     const now = this.now();
     const keys: string[] = [];
-    for (const [key, record] of this.records) {
-      if (key.startsWith(prefix) && (after === undefined || key > after) && !isExpired(record, now)) keys.push(key);
+    for (const [key, slot] of this.index) {
+      if (key.startsWith(prefix) && (after === undefined || key > after) && !this.expired(slot, now)) keys.push(key);
     }
     keys.sort();
     const page = keys.slice(0, limit);
     return Promise.resolve(keys.length > limit ? { keys: page, next: page.at(-1)! } : { keys: page });
   }
 
-  /** Every live record: what a snapshot of the embedded tier serialises. */
+  /** Every live record (values are views into the arena: use before the next change). */
   *entries(): IterableIterator<ContextRecord> {
     const now = this.now();
-    for (const record of this.records.values()) if (!isExpired(record, now)) yield record;
+    for (const [key, slot] of this.index) if (!this.expired(slot, now)) yield this.decode(key, slot, false);
   }
 
   /**
@@ -233,32 +220,56 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
    */
   erase(key: string): void {
     if (this.views.size > 0) throw new Error('erase while a snapshot view is open');
-    if (this.sharedCount > 0) this.release(this.records.get(key));
-    this.records.delete(key);
+    const slot = this.index.get(key);
+    if (slot !== undefined) {
+      this.index.delete(key);
+      this.arena.free(slot);
+    }
     this.changed.delete(key);
   }
 
   /** Drops everything (a restore replaces the whole state). */
   clear(): void {
-    for (const key of this.records.keys()) this.beforeChange(key);
-    this.records.clear();
-    this.shared = new WeakMap();
-    this.sharedCount = 0;
+    for (const key of this.index.keys()) this.beforeChange(key);
+    this.index.clear();
+    this.arena.clear();
   }
 
   close(): Promise<void> {
-    this.records.clear();
+    this.index.clear();
+    this.arena.clear();
     return Promise.resolve();
   }
 
-  private read(key: string): ContextRecord | undefined {
-    const record = this.records.get(key);
-    if (record && isExpired(record, this.now())) {
-      this.beforeChange(key);
-      if (this.sharedCount > 0) this.release(record);
-      this.records.delete(key);
-      return undefined;
-    }
+  private expired(slot: number, now: number): boolean {
+    const expiresAt = this.arena.expiresAt(slot);
+    return expiresAt !== 0 && expiresAt <= now;
+  }
+
+  /** The key's slot if it holds a live record; an expired one is removed on the way. */
+  private liveSlot(key: string): number | undefined {
+    const slot = this.index.get(key);
+    if (slot === undefined || !this.expired(slot, this.now())) return slot;
+    this.beforeChange(key);
+    this.index.delete(key);
+    this.arena.free(slot);
+    return undefined;
+  }
+
+  private read(key: string, copy: boolean): ContextRecord | undefined {
+    const slot = this.liveSlot(key);
+    return slot === undefined ? undefined : this.decode(key, slot, copy);
+  }
+
+  /** The slot's record in its keyed form: a view into the arena. */
+  private keyed(slot: number): Buffer {
+    return this.arena.bytes(slot).subarray(this.arena.start(slot), this.arena.end(slot));
+  }
+
+  /** The slot's record; `copy`: its value in a buffer of its own rather than a view into the arena. */
+  private decode(key: string, slot: number, copy: boolean): ContextRecord {
+    const record = decodeKeyedRecordAt(this.arena.bytes(slot), this.arena.start(slot), this.arena.end(slot), key);
+    if (copy) record.value = Buffer.from(record.value);
     return record;
   }
 }

@@ -6,7 +6,7 @@
 // It is kept as writes reach the embedded L2 — one choke point, MemoryL2.apply, which local writes,
 // replica applies, write-behind flushes and recovery all go through — so a snapshot reads it in
 // O(nodes) when it opens its view, instead of scanning the records (which would hold writes).
-import { MemoryL2 } from '../cache/memory-l2.js';
+import { MemoryL2, type LoadBatch } from '../cache/memory-l2.js';
 import { formatTimestamp, type HlcTimestamp } from '../hlc.js';
 import type { ContextRecord } from '../record.js';
 
@@ -59,9 +59,9 @@ export class FrontierTrackingL2 extends MemoryL2 {
     this.frontier.note(record.version);
   }
 
-  override loadSnapshot(records: readonly ContextRecord[]): void {
-    super.loadSnapshot(records);
-    for (const record of records) this.frontier.note(record.version);
+  override loadSnapshot(batch: LoadBatch): void {
+    super.loadSnapshot(batch);
+    for (const record of batch.records) this.frontier.note(record.version);
   }
 
   override clear(): void {

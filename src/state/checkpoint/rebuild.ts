@@ -6,7 +6,7 @@
 import type { ContextRecord } from '../record.js';
 import { chainOf, readCatalog, type CatalogEntry } from './catalog.js';
 import { decodeWalEntry } from './entries.js';
-import { readSnapshot } from './snapshot-file.js';
+import { readSnapshotBatches, type SnapshotBatch } from './snapshot-file.js';
 import type { WalReplayReport } from './wal.js';
 
 /** Which snapshot to start from. */
@@ -53,8 +53,8 @@ export async function rebuild(
   target: {
     reset(): void;
     apply(record: ContextRecord): void;
-    /** The snapshot chain's records, a batch at a time (MemoryL2.loadSnapshot); without it, apply each. */
-    loadSnapshot?(records: readonly ContextRecord[]): void;
+    /** The snapshot chain's records, a batch at a time, with where they lie (MemoryL2.loadSnapshot); without it, apply each. */
+    loadSnapshot?(batch: SnapshotBatch): void;
   },
   onProgress?: (phase: 'snapshot' | 'wal', records: number) => void,
 ): Promise<RebuildReport> {
@@ -71,10 +71,10 @@ export async function rebuild(
     report.snapshotRecords = 0;
     try {
       for (const link of chain) {
-        for await (const batch of readSnapshot(link.path, { key: source.encryptionKey })) {
+        for await (const batch of readSnapshotBatches(link.path, { key: source.encryptionKey })) {
           if (target.loadSnapshot) target.loadSnapshot(batch);
-          else for (const record of batch) target.apply(record);
-          report.snapshotRecords += batch.length;
+          else for (const record of batch.records) target.apply(record);
+          report.snapshotRecords += batch.records.length;
           onProgress?.('snapshot', report.snapshotRecords);
         }
       }

@@ -47,7 +47,7 @@ import { promisify } from 'node:util';
 import { crc32, deflateRaw, inflateRaw } from 'node:zlib';
 import { z } from 'zod';
 import { parseTimestamp } from '../hlc.js';
-import { decodeKeyedRecord, type ContextRecord } from '../record.js';
+import { ContentTypeCache, decodeKeyedRecordAt, type ContextRecord, type RecordOrKeyed } from '../record.js';
 
 export interface SnapshotHeader {
   formatVersion: 1;
@@ -222,13 +222,14 @@ class EventLoopSlicer {
 /**
  * Writes `path` atomically: to `path + '.tmp'`, fsync, rename, fsync the directory. On any error
  * before the rename the tmp file is removed and an existing file at `path` is untouched. Records
- * are copied into a block as their batch arrives and never held after it is written, so the
- * source may change once a batch has been taken.
+ * — objects, or already in their keyed form as the embedded L2 keeps them — are copied into a
+ * block as their batch arrives and never held after it is written, so the source may change once
+ * a batch has been taken.
  */
 export async function writeSnapshot(
   path: string,
   header: Omit<SnapshotHeader, 'formatVersion' | 'compression' | 'encrypted'>,
-  records: AsyncIterable<ContextRecord[]> | Iterable<ContextRecord[]>,
+  records: AsyncIterable<readonly RecordOrKeyed[]> | Iterable<readonly RecordOrKeyed[]>,
   options: WriteSnapshotOptions,
 ): Promise<SnapshotSummary> {
   if (options.key !== undefined && options.key.length !== KEY_BYTES) throw new RangeError(`snapshot encryption key must be ${KEY_BYTES} bytes, got ${options.key.length}`);
@@ -388,8 +389,12 @@ class BlockWriter {
     this.bytes += bytes.length;
   }
 
-  async add(batch: readonly ContextRecord[]): Promise<void> {
+  async add(batch: readonly RecordOrKeyed[]): Promise<void> {
     for (const record of batch) {
+      if (Buffer.isBuffer(record)) {
+        await this.copy(record);
+        continue;
+      }
       const typeField = this.contentTypeField(record.contentType);
       // An upper bound (3 UTF-8 bytes per UTF-16 unit), so Buffer.write never cuts a string short.
       const bound = 4 + 2 + record.key.length * 3 + ENVELOPE_FIXED_BYTES + record.version.length * 3 + typeField.length + record.value.length;
@@ -401,6 +406,21 @@ class BlockWriter {
       this.encode(record, typeField);
       if (this.slicer.due()) await this.slicer.yield();
     }
+  }
+
+  /** Appends `u32 length | keyed record` from a record already in its keyed form: one copy. */
+  private async copy(keyed: Buffer): Promise<void> {
+    const length = 4 + keyed.length;
+    if (this.offset + length > this.buffer.length) {
+      if (this.count > 0) await this.flush();
+      if (keyed.length > MAX_BLOCK_BYTES - 4) throw new RangeError(`a context of ${keyed.length} bytes exceeds the snapshot block limit of ${MAX_BLOCK_BYTES}`);
+      if (this.offset + length > this.buffer.length) this.buffer = Buffer.allocUnsafe(FRAME_HEAD_BYTES + length);
+    }
+    this.buffer.writeUInt32LE(keyed.length, this.offset);
+    keyed.copy(this.buffer, this.offset + 4);
+    this.offset += length;
+    this.count++;
+    if (this.slicer.due()) await this.slicer.yield();
   }
 
   async finish(): Promise<void> {
@@ -595,6 +615,22 @@ export async function readSnapshotHeader(path: string): Promise<SnapshotHeader> 
  * (default RESTORE_SLAB_BYTES), or a decrypted or inflated block.
  */
 export async function* readSnapshot(path: string, options: { key?: Buffer; readBytes?: number }): AsyncGenerator<ContextRecord[]> {
+  for await (const batch of readSnapshotBatches(path, options)) yield batch.records;
+}
+
+/**
+ * Records of one block, in order, with where each lies in it: the keyed bytes of records[i] are
+ * block[spans[2i], spans[2i + 1]). A restore into the embedded L2 keeps them there (the block is
+ * never reused) instead of copying each record out.
+ */
+export interface SnapshotBatch {
+  records: ContextRecord[];
+  block: Buffer;
+  spans: number[];
+}
+
+/** readSnapshot's records with the block they lie in (SnapshotBatch). */
+export async function* readSnapshotBatches(path: string, options: { key?: Buffer; readBytes?: number }): AsyncGenerator<SnapshotBatch> {
   const readBytes = options.readBytes ?? RESTORE_SLAB_BYTES;
   if (!(Number.isSafeInteger(readBytes) && readBytes >= FRAME_HEAD_BYTES)) throw new RangeError(`readBytes must be an integer of at least ${FRAME_HEAD_BYTES}, got ${readBytes}`);
   const file = await open(path, 'r');
@@ -612,7 +648,7 @@ export async function verifySnapshot(path: string, options: { key?: Buffer }): P
   try {
     const opened = await readHeader(file, path);
     let records = 0;
-    for await (const batch of readBlocks(file, path, opened, keysForReading(opened, options.key, path), { keep: false })) records += batch.length;
+    for await (const batch of readBlocks(file, path, opened, keysForReading(opened, options.key, path), { keep: false })) records += batch.records.length;
     return { ok: true, summary: { header: opened.header, records, bytes: opened.size, path } };
   } catch (error) {
     if (error instanceof SnapshotError) return { ok: false, error };
@@ -762,10 +798,10 @@ export const RESTORE_SLAB_BYTES = 8 * 1024 * 1024;
  *
  * The trade-off: a value pins its whole slab as long as anything holds it. A restore makes every
  * value live at once, so right after it the slabs hold about the file's size, as copies would;
- * later, as keys are rewritten, a slab stays allocated while any of its values is held. MemoryL2
- * copies the survivors of a mostly replaced slab out (MemoryL2.loadSnapshot), so what its map
- * holds pins at most about as many dead bytes as live ones; a copy held elsewhere (an L1 entry,
- * a response being written) pins its slab until let go. All slabs together never exceed the
+ * later, as keys are rewritten, a slab stays allocated while any of its values is held. The
+ * embedded L2 adopts the blocks as they are (record-arena.ts) and copies the survivors of a mostly
+ * replaced block out, so what it holds pins at most about as many dead bytes as live ones; it hands
+ * out copies, not views, to callers that keep records (L1). All slabs together never exceed the
  * restored file's size.
  */
 class FreshSlabs implements BlockSource {
@@ -839,7 +875,7 @@ class FreshSlabs implements BlockSource {
  * their values are views into buffers never reused (fresh slabs, or a decrypted or inflated block
  * of its own); otherwise (verify) the stored bytes are read into two reused buffers.
  */
-async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader, keys: FileKeys | undefined, options: { keep: boolean; readBytes?: number }): AsyncGenerator<ContextRecord[]> {
+async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader, keys: FileKeys | undefined, options: { keep: boolean; readBytes?: number }): AsyncGenerator<SnapshotBatch> {
   const { header } = opened;
   const slicer = new EventLoopSlicer();
   let offset = opened.end;
@@ -869,25 +905,24 @@ async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader,
       }
 
       const plain = await openBlock(stored, frame, blocks, keys, opened, path, offset, slicer);
-      let batch: ContextRecord[] = [];
+      let batch: SnapshotBatch = { records: [], block: plain, spans: [] };
       let at = 0;
       for (let i = 0; i < frame.records; i++) {
         if (at + 4 > plain.length) throw new SnapshotError('SNAPSHOT_CORRUPT', path, `block ${blocks} holds fewer records than its head says`, offset);
         const end = at + 4 + plain.readUInt32LE(at);
         if (end > plain.length) throw new SnapshotError('SNAPSHOT_CORRUPT', path, `block ${blocks}: a record runs past the block`, offset);
-        let record = decodeRecordInline(plain, at + 4, end, contentTypes);
-        if (record === undefined) {
-          try {
-            record = decodeKeyedRecord(plain.subarray(at + 4, end));
-          } catch (error) {
-            throw new SnapshotError('SNAPSHOT_CORRUPT', path, `block ${blocks}: ${(error as Error).message}`, offset, { cause: error });
-          }
+        let record: ContextRecord;
+        try {
+          record = decodeKeyedRecordAt(plain, at + 4, end, undefined, contentTypes);
+        } catch (error) {
+          throw new SnapshotError('SNAPSHOT_CORRUPT', path, `block ${blocks}: ${(error as Error).message}`, offset, { cause: error });
         }
-        batch.push(record);
+        batch.records.push(record);
+        batch.spans.push(at + 4, end);
         at = end;
         if (slicer.due()) {
           yield batch;
-          batch = [];
+          batch = { records: [], block: plain, spans: [] };
           await slicer.yield();
         }
       }
@@ -895,7 +930,7 @@ async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader,
       blocks++;
       records += frame.records;
       plainBytes += plain.length;
-      if (batch.length > 0) yield batch;
+      if (batch.records.length > 0) yield batch;
       await slicer.yield();
       offset = nextOffset;
       head = nextHead;
@@ -917,105 +952,8 @@ async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader,
   }
 }
 
-// Decoding a record where it lies in the block, without the keyed-record and envelope buffers and
-// the JSON.parse of its metadata that decodeKeyedRecord costs per record (a restore runs it
-// hundreds of thousands of times; the profile had it second only to the value copies). It accepts
-// only the exact bytes BlockWriter.encode writes (record.ts's envelope with the metadata as
-// JSON.stringify lays it out: {"c":…,"x":…,"t":…[,"r":1][,"d":1]}, integer times, no escapes in
-// the content type); anything else (including damage) goes to decodeKeyedRecord, which decodes it
-// or names what is wrong, so the errors stay that function's.
 const ENVELOPE_MAGIC_BYTES = Buffer.from(ENVELOPE_MAGIC, 'latin1');
-const META_CONTENT_TYPE = Buffer.from('{"c":"', 'latin1');
-const [QUOTE, BACKSLASH, COMMA, COLON, BRACE_CLOSE, DIGIT_0, DIGIT_9, NEWLINE] = [0x22, 0x5c, 0x2c, 0x3a, 0x7d, 0x30, 0x39, 0x0a];
-
-/** The record of `u32 length | keyed record` whose keyed bytes are plain[start, end); undefined: not the writer's exact form. */
-function decodeRecordInline(plain: Buffer, start: number, end: number, contentTypes: ContentTypeCache): ContextRecord | undefined {
-  if (start + 2 > end) return undefined;
-  const keyEnd = start + 2 + ((plain[start]! << 8) | plain[start + 1]!);
-  const magicEnd = keyEnd + ENVELOPE_MAGIC_BYTES.length;
-  if (magicEnd > end || !bytesAt(plain, keyEnd, ENVELOPE_MAGIC_BYTES)) return undefined;
-  let versionEnd = magicEnd;
-  while (versionEnd < end && plain[versionEnd] !== NEWLINE) versionEnd++;
-  if (versionEnd >= end) return undefined;
-  // {"c":"<content type>","x":<digits>,"t":<digits>[,"r":1][,"d":1]}\n
-  let at = versionEnd + 1;
-  if (at + META_CONTENT_TYPE.length > end || !bytesAt(plain, at, META_CONTENT_TYPE)) return undefined;
-  const typeStart = at + META_CONTENT_TYPE.length;
-  let typeEnd = typeStart;
-  for (; typeEnd < end && plain[typeEnd] !== QUOTE; typeEnd++) if (plain[typeEnd] === BACKSLASH || plain[typeEnd]! < 0x20) return undefined;
-  at = typeEnd + 1;
-  const field = (name: number): boolean => {
-    // ,"<name>":
-    if (at + 5 > end || plain[at] !== COMMA || plain[at + 1] !== QUOTE || plain[at + 2] !== name || plain[at + 3] !== QUOTE || plain[at + 4] !== COLON) return false;
-    at += 5;
-    return true;
-  };
-  const integer = (): number => {
-    const from = at;
-    let n = 0;
-    for (; at < end && plain[at]! >= DIGIT_0 && plain[at]! <= DIGIT_9; at++) n = n * 10 + (plain[at]! - DIGIT_0);
-    // JSON.stringify writes no leading zeros and at most 16 digits for a safe integer; past the
-    // safe range this sum may round differently from JSON.parse, which then decides.
-    return at === from || at - from > 16 || n > Number.MAX_SAFE_INTEGER || (plain[from] === DIGIT_0 && at - from > 1) ? -1 : n;
-  };
-  if (!field(0x78 /* x */)) return undefined;
-  const expiresAt = integer();
-  if (expiresAt < 0) return undefined;
-  if (!field(0x74 /* t */)) return undefined;
-  const updatedAt = integer();
-  if (updatedAt < 0) return undefined;
-  let critical = false;
-  if (plain[at] === COMMA && plain[at + 2] === 0x72 /* r */) {
-    if (!field(0x72) || plain[at] !== 0x31 /* 1 */) return undefined;
-    at++;
-    critical = true;
-  }
-  let tombstone = false;
-  if (plain[at] === COMMA) {
-    if (!field(0x64 /* d */) || plain[at] !== 0x31) return undefined;
-    at++;
-    tombstone = true;
-  }
-  if (at + 2 > end || plain[at] !== BRACE_CLOSE || plain[at + 1] !== NEWLINE) return undefined;
-  const valueStart = at + 2;
-  const record: ContextRecord = {
-    key: plain.toString('utf8', start + 2, keyEnd),
-    value: plain.subarray(valueStart, end),
-    contentType: contentTypes.decode(plain, typeStart, typeEnd),
-    version: plain.toString('utf8', magicEnd, versionEnd),
-    expiresAt,
-    retention: critical ? 'critical' : 'normal',
-    updatedAt,
-  };
-  if (tombstone) record.tombstone = true;
-  return record;
-}
-
-/**
- * Whether `expected` lies in `source` at `at` (the caller checked the length). A loop: a handful of
- * bytes compare faster in JavaScript than through Buffer#compare's call into C++, per record.
- */
-function bytesAt(source: Buffer, at: number, expected: Buffer): boolean {
-  for (let i = 0; i < expected.length; i++) if (source[at + i] !== expected[i]) return false;
-  return true;
-}
-
-/**
- * The content type of consecutive records is nearly always the same: decoded once and shared, not
- * one new string per record (a restore decodes hundreds of thousands).
- */
-class ContentTypeCache {
-  private bytes: Buffer = Buffer.alloc(0);
-  private text = '';
-
-  decode(source: Buffer, start: number, end: number): string {
-    if (end - start !== this.bytes.length || !bytesAt(source, start, this.bytes)) {
-      this.bytes = Buffer.from(source.subarray(start, end));
-      this.text = source.toString('utf8', start, end);
-    }
-    return this.text;
-  }
-}
+const [BRACE_CLOSE, DIGIT_0, NEWLINE] = [0x7d, 0x30, 0x0a];
 
 function tryParse<T>(parse: () => T): T | undefined {
   try {
