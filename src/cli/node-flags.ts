@@ -3,12 +3,15 @@
 // this list). They must be on node's command line: V8 reads its initial heap limits when the
 // isolate starts (v8.setFlagsFromString is too late) and NODE_OPTIONS refuses these.
 //
-// --initial-old-space-size=64 — V8 starts a full (incremental) mark as soon as the old
+// --initial-old-space-size=128 — V8 starts a full (incremental) mark as soon as the old
 // generation's headroom, its limit minus what is live, is below the young generation's capacity
-// (two 16 MiB semi-spaces). A sidecar whose live heap is small (~24 MiB: a few thousand hot
-// contexts) gets a limit of ~47 MiB from V8's growing factor, so it marks almost without pause,
-// promotes the requests in flight as it goes (black allocation), and each cycle's 15–20 ms steps
-// land on writes: at 1,000 PUT/s over 1,024 contexts, 44 mark-compacts a minute and a PUT p99 of
-// 38 ms. A 64 MiB floor on the limit: 3 a minute and p99 3.8 ms, for ~60 MiB more RSS (measured:
-// bench/RESULTS.md, "Write path"). A live heap above 64 MiB gets V8's own limits, as before.
-export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=64'];
+// (two 16 MiB semi-spaces). From its growing factor alone a small live heap gets a small limit:
+// ~24 MiB live (a few thousand hot contexts) got ~47 MiB, and marked almost without pause — 44
+// mark-compacts a minute at 1,000 PUT/s, each cycle's 15–20 ms steps landing on writes, PUT p99
+// 38 ms. A floor of 64 MiB fixed that case (3 a minute, p99 3.8 ms). The embedded L2 keeps its
+// records off the heap (state/cache/record-arena.ts), so even 262 K contexts (1 GiB) leave only
+// ~45–55 MiB live, which a 64 MiB floor again left with less headroom than the young generation:
+// a mark every second and a quiet-period PUT p99 of 30–50 ms; with 128 MiB, 4.4 ms. The price is
+// up to ~100 MiB more RSS in garbage before the first mark (measured: bench/RESULTS.md, "Write
+// path" and "Records off the heap"). A live heap above the floor gets V8's own limits, as before.
+export const NODE_FLAGS: readonly string[] = ['--initial-old-space-size=128'];
