@@ -64,7 +64,7 @@ if (offline) {
   p();
   p('### Restore vs dd read of the snapshot file');
   p();
-  p('Restore = `rebuild()` (catalog, `readSnapshot`, the records loaded into a fresh FrontierTrackingL2 in bulk), in a process of its own (`restore.mjs --once`) as a sidecar restores at start; checked: every record present, the SHA-256 of a sample value identical. Cold = page cache dropped before each; warm = the file just read.');
+  p('Restore = `rebuild()` (catalog, `readSnapshotBatches`, the blocks adopted by a fresh FrontierTrackingL2 as they were read, records indexed, not copied), in a process of its own (`restore.mjs --once`) as a sidecar restores at start; checked: every record present, the SHA-256 of a sample value identical. Cold = page cache dropped before each; warm = the file just read.');
   p();
   p('| round | dd read cold | restore cold | ratio | dd read warm | restore warm | ratio | restore CPU / wall (cold) |');
   p('|--:|--:|--:|--:|--:|--:|--:|--:|');
@@ -75,7 +75,7 @@ if (offline) {
   const warmRatio = s.restoreWarm / s.ddReadWarm;
   p(`| **median** | **${mbs(s.ddReadCold)}** | **${mbs(s.restoreCold)}** | **${fx(coldRatio)}** | **${mbs(s.ddReadWarm)}** | **${mbs(s.restoreWarm)}** | **${fx(warmRatio)}** | |`);
   p();
-  p(`**Reference** in the same rounds: allocating ${offline.records.toLocaleString('en')} fresh ${offline.valueBytes} B buffers and filling them (no file, no decoding, no map) runs at **${mbs(s.allocFloor)}** (rounds: ${offline.restore.map((r) => mbs(rate(r.allocFloor))).join(', ')}): ${fx(s.allocFloor / s.ddReadCold)} of the cold sequential read, ${fx(s.allocFloor / s.ddReadWarm)} of the warm one — what a restore giving each value a buffer of its own would cost at least. The restore does not: it reads ${(offline.records * offline.valueBytes / MiB).toFixed(0)} MiB into fresh 8 MiB slabs (dd reuses one 1 MiB buffer) and the values are views into them. Restore runs at ${fx(s.restoreCold / s.allocFloor)} of that reference cold, ${fx(s.restoreWarm / s.allocFloor)} warm.`);
+  p(`**Reference** in the same rounds: allocating ${offline.records.toLocaleString('en')} fresh ${offline.valueBytes} B buffers and filling them (no file, no decoding, no map) runs at **${mbs(s.allocFloor)}** (rounds: ${offline.restore.map((r) => mbs(rate(r.allocFloor))).join(', ')}): ${fx(s.allocFloor / s.ddReadCold)} of the cold sequential read, ${fx(s.allocFloor / s.ddReadWarm)} of the warm one — what a restore giving each value a buffer of its own would cost at least. The restore does not: it reads ${(offline.records * offline.valueBytes / MiB).toFixed(0)} MiB into fresh 8 MiB slabs (dd reuses one 1 MiB buffer) and the embedded L2 keeps the records where they were read (src/state/cache/record-arena.ts). Restore runs at ${fx(s.restoreCold / s.allocFloor)} of that reference cold, ${fx(s.restoreWarm / s.allocFloor)} warm.`);
   if (offline.dropCaches) targets.push(['restore ≥ 0.5× sequential read (cold cache)', `${fx(coldRatio)} (${mbs(s.restoreCold)} vs ${mbs(s.ddReadCold)})`, coldRatio >= 0.5]);
   targets.push(['restore ≥ 0.5× sequential read (warm cache)', `${fx(warmRatio)} (${mbs(s.restoreWarm)} vs ${mbs(s.ddReadWarm)})`, warmRatio >= 0.5]);
 }
