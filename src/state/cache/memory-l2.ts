@@ -1,13 +1,14 @@
 // The embedded L2: in process, for the demo and a single developer. Nothing is shared, so there is
 // nothing to invalidate; durability comes from snapshots and the WAL, replayed into it at start.
-// Records are kept encoded in an arena, not as objects (record-arena.ts says why); an index maps
-// each key to its slot there.
+// Records are kept encoded in an arena, not as objects, and found through an index over their key
+// bytes there, not a Map of strings (record-arena.ts and arena-index.ts say why).
 //
 // Snapshots read it through a copy-on-write view: opening a view costs O(1); while it is open, the
 // first change to a key saves that key's previous record (its pre-image) in the view, so the view
 // reads the map exactly as it was when it opened, while writes carry on.
 import { EventEmitter } from 'node:events';
 import { decodeKeyedRecordAt, isExpired, keyedRecordVersion, type ContextRecord, type RecordOrKeyed } from '../record.js';
+import { ArenaIndex } from './arena-index.js';
 import { RecordArena } from './record-arena.js';
 import { satisfies, type Expectation, type L2Tier, type ListPage, type WriteOutcome } from './l2.js';
 
@@ -35,9 +36,9 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   readonly kind = 'memory';
   readonly available = true;
   readonly coherent = true;
-  /** Key → its record's slot in the arena (record-arena.ts: why records are not kept as objects). */
-  private readonly index = new Map<string, number>();
   private readonly arena = new RecordArena();
+  /** Key → its record's slot in the arena. */
+  private readonly index = new ArenaIndex(this.arena);
   private readonly views = new Set<SnapshotView>();
   /** Keys changed since the last view opened. */
   private changed = new Set<string>();
@@ -87,9 +88,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   /** Applies a record without a condition, synchronously: WAL replay at start uses it. */
   apply(record: ContextRecord): void {
     this.beforeChange(record.key);
-    const previous = this.index.get(record.key);
-    if (record.tombstone || isExpired(record, this.now())) this.index.delete(record.key);
-    else this.index.set(record.key, this.arena.add(record));
+    const previous = record.tombstone || isExpired(record, this.now()) ? this.index.remove(record.key) : this.index.put(this.arena.add(record));
     if (previous !== undefined) this.arena.free(previous);
   }
 
@@ -110,9 +109,10 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     const slab = block && spans ? this.arena.adopt(block) : -1;
     for (let i = 0; i < records.length; i++) {
       const record = records[i]!;
-      const previous = this.index.get(record.key);
-      if (record.tombstone || isExpired(record, now)) this.index.delete(record.key);
-      else this.index.set(record.key, slab < 0 ? this.arena.add(record) : this.arena.place(slab, spans![2 * i]!, spans![2 * i + 1]!, record.expiresAt));
+      const previous =
+        record.tombstone || isExpired(record, now)
+          ? this.index.remove(record.key)
+          : this.index.put(slab < 0 ? this.arena.add(record) : this.arena.place(slab, spans![2 * i]!, spans![2 * i + 1]!, record.expiresAt));
       if (previous !== undefined) this.arena.free(previous);
     }
     if (slab >= 0) this.arena.settle(slab);
@@ -158,10 +158,13 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     const emit = (record: ContextRecord | null | undefined): void => {
       if (record && !isExpired(record, now)) batch.push(record);
     };
-    // The map may change between batches; Map iterators tolerate that, and the pre-images give
-    // each changed key its value as of the opening (null: created since, skipped).
+    // The store may change between batches. Slot numbers stay the same while a key is unchanged, so
+    // walking them meets every key unchanged since the opening once; a changed key has its
+    // pre-image, its value as of the opening (null: created since, skipped).
     const savedEmitted = new Set<string>();
-    for (const [key, slot] of this.index) {
+    for (let slot = 0; slot < this.arena.slotCount; slot++) {
+      if (!this.arena.isLive(slot)) continue;
+      const key = view.preImages.size > 0 ? this.arena.key(slot) : '';
       const saved = view.preImages.get(key);
       if (saved === undefined) {
         if (!this.expired(slot, now)) batch.push(this.keyed(slot));
@@ -174,7 +177,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
         batch = [];
       }
     }
-    // Keys deleted since the opening are no longer in the map.
+    // Keys deleted since the opening are no longer in the store.
     for (const [key, saved] of view.preImages) if (saved !== null && !savedEmitted.has(key)) emit(saved);
     if (batch.length > 0) yield batch;
   }
@@ -200,7 +203,9 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   list(prefix: string, after: string | undefined, limit: number): Promise<ListPage> {
     const now = this.now();
     const keys: string[] = [];
-    for (const [key, slot] of this.index) {
+    for (let slot = 0; slot < this.arena.slotCount; slot++) {
+      if (!this.arena.isLive(slot)) continue;
+      const key = this.arena.key(slot);
       if (key.startsWith(prefix) && (after === undefined || key > after) && !this.expired(slot, now)) keys.push(key);
     }
     keys.sort();
@@ -211,7 +216,9 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   /** Every live record (values are views into the arena: use before the next change). */
   *entries(): IterableIterator<ContextRecord> {
     const now = this.now();
-    for (const [key, slot] of this.index) if (!this.expired(slot, now)) yield this.decode(key, slot, false);
+    for (let slot = 0; slot < this.arena.slotCount; slot++) {
+      if (this.arena.isLive(slot) && !this.expired(slot, now)) yield this.decode(this.arena.key(slot), slot, false);
+    }
   }
 
   /**
@@ -220,17 +227,14 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
    */
   erase(key: string): void {
     if (this.views.size > 0) throw new Error('erase while a snapshot view is open');
-    const slot = this.index.get(key);
-    if (slot !== undefined) {
-      this.index.delete(key);
-      this.arena.free(slot);
-    }
+    const slot = this.index.remove(key);
+    if (slot !== undefined) this.arena.free(slot);
     this.changed.delete(key);
   }
 
   /** Drops everything (a restore replaces the whole state). */
   clear(): void {
-    for (const key of this.index.keys()) this.beforeChange(key);
+    for (let slot = 0; slot < this.arena.slotCount; slot++) if (this.arena.isLive(slot)) this.beforeChange(this.arena.key(slot));
     this.index.clear();
     this.arena.clear();
   }
@@ -251,7 +255,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     const slot = this.index.get(key);
     if (slot === undefined || !this.expired(slot, this.now())) return slot;
     this.beforeChange(key);
-    this.index.delete(key);
+    this.index.remove(key);
     this.arena.free(slot);
     return undefined;
   }

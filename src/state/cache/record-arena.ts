@@ -99,6 +99,22 @@ export class RecordArena {
     return this.slotExpires[slot]!;
   }
 
+  /** Slots are numbered below this; live ones are those isLive says. */
+  get slotCount(): number {
+    return this.nextSlot;
+  }
+
+  isLive(slot: number): boolean {
+    return this.slotSlab[slot]! >= 0;
+  }
+
+  /** The key of the record in the slot. */
+  key(slot: number): string {
+    const bytes = this.bytes(slot);
+    const start = this.slotStart[slot]!;
+    return bytes.toString('utf8', start + 2, start + 2 + ((bytes[start]! << 8) | bytes[start + 1]!));
+  }
+
   /** The record in the slot is no longer current. */
   free(slot: number): void {
     const slabId = this.slotSlab[slot]!;
