@@ -247,8 +247,13 @@ const ContextSchema = z.strictObject({
     .prefault({}),
   l1: z
     .strictObject({
-      /** In-process cache bound (values + keys). Default 256MiB. */
-      maxBytes: size().default(256 * 1024 ** 2),
+      /**
+       * In-process cache bound (values + keys). Default 256MiB with Redis; 0 (no L1) with the
+       * embedded L2, which is in process already: an L1 in front of it would keep a second copy of
+       * every value read or written, and at the write rate feed the old generation the garbage its
+       * major GCs stall writes on (bench/RESULTS.md, "Records off the heap").
+       */
+      maxBytes: size().optional(),
       /**
        * While L2 is unreachable, cached contexts are served (marked ctxmesh-stale) for at most this
        * long after the invalidation link dropped; later reads fail with 503 l2_unavailable. Default 30s.

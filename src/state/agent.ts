@@ -51,6 +51,9 @@ export interface StateAgentOptions {
   fencing?: Fencing;
 }
 
+/** context.l1.maxBytes when not given, with Redis as L2. */
+const DEFAULT_L1_BYTES = 256 * 1024 ** 2;
+
 export class StateAgent {
   port = 0;
   private hotKeysTimer: NodeJS.Timeout | undefined;
@@ -101,7 +104,7 @@ export class StateAgent {
     };
     const store = new LocalStore({
       nodeTag,
-      l1MaxBytes: ctx.l1.maxBytes,
+      l1MaxBytes: ctx.l1.maxBytes ?? (ctx.l2.backend === 'memory' ? 0 : DEFAULT_L1_BYTES),
       maxStaleMs: ctx.l1.maxStale,
       writeMode: ctx.writeMode,
       writeBehind: ctx.writeBehind,

@@ -50,6 +50,7 @@ export class L1Cache {
   }
 
   set(record: ContextRecord): void {
+    if (this.maxBytes === 0) return; // no L1
     if (record.tombstone || isExpired(record, this.now())) {
       this.delete(record.key);
       return;
