@@ -144,6 +144,13 @@ function windowStats(from, to) {
 }
 
 const quietFrom = startMain + WARMUP_MS;
+function slowestIn(from, to) {
+  return [...Array(issued).keys()]
+    .filter((i) => sentAt[i] >= from && sentAt[i] < to && status[i] > 0)
+    .sort((a, b) => endedAt[b] - sentAt[b] - (endedAt[a] - sentAt[a]))
+    .slice(0, 5)
+    .map((i) => ({ atSeconds: Math.round((sentAt[i] - ckptStart) / 10) / 100, ms: Math.round((endedAt[i] - sentAt[i]) * 100) / 100 }));
+}
 const out = {
   rate: RATE,
   valueBytes: VALUE_BYTES,
@@ -153,11 +160,11 @@ const out = {
   during: windowStats(ckptStart, ckptEnd),
   after: windowStats(ckptEnd, ckptEnd + TAIL_MS),
   // The worst PUTs of the snapshot window, with when they were sent (s after the POST).
-  slowest: [...Array(issued).keys()]
-    .filter((i) => sentAt[i] >= ckptStart && sentAt[i] < ckptEnd && status[i] > 0)
-    .sort((a, b) => endedAt[b] - sentAt[b] - (endedAt[a] - sentAt[a]))
-    .slice(0, 5)
-    .map((i) => ({ atSeconds: Math.round((sentAt[i] - ckptStart) / 10) / 100, ms: Math.round((endedAt[i] - sentAt[i]) * 100) / 100 })),
+  slowest: slowestIn(ckptStart, ckptEnd),
+  // The same for the windows around it (negative: before the POST), to tell a stall the snapshot
+  // causes from one that comes anyway.
+  slowestQuiet: slowestIn(quietFrom, ckptStart),
+  slowestAfter: slowestIn(ckptEnd, ckptEnd + TAIL_MS),
 };
 process.stdout.write(`PUTRATEJSON ${JSON.stringify(out)}\n`);
 agent.destroy();

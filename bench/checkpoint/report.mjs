@@ -94,7 +94,7 @@ if (pause) {
   }
   const c = pause.checkpoint;
   p();
-  p(`The checkpoint: HTTP ${c.status}, ${c.seconds.toFixed(2)} s, ${c.summary?.records?.toLocaleString?.('en') ?? '?'} records, ${c.summary?.bytes ? (c.summary.bytes / MiB).toFixed(0) : '?'} MiB. Slowest PUTs during it (s after the POST: ms): ${pause.slowest.map((x) => `${x.atSeconds}: ${x.ms}`).join(', ')}.`);
+  p(`The checkpoint: HTTP ${c.status}, ${c.seconds.toFixed(2)} s, ${c.summary?.records?.toLocaleString?.('en') ?? '?'} records, ${c.summary?.bytes ? (c.summary.bytes / MiB).toFixed(0) : '?'} MiB. Slowest PUTs during it (s after the POST: ms): ${pause.slowest.map((x) => `${x.atSeconds}: ${x.ms}`).join(', ')}.${pause.slowestAfter ? ` Before it: ${pause.slowestQuiet.map((x) => `${x.atSeconds}: ${x.ms}`).join(', ')}; after it: ${pause.slowestAfter.map((x) => `${x.atSeconds}: ${x.ms}`).join(', ')}.` : ''}`);
   if (sidecar) {
     const pauseMs = (sidecar.pause_sum / Math.max(1, sidecar.pause_count)) * 1000;
     p(`Sidecar's own figures: \`ctxmesh_checkpoint_pause_seconds\` (writes held while the view opens) ${pauseMs.toFixed(3)} ms over ${sidecar.pause_count} checkpoint(s); \`ctxmesh_checkpoint_duration_seconds\` ${sidecar.duration_sum?.toFixed(2)} s; RSS ${(sidecar.rss_kib.before / 1024).toFixed(0)} MiB before, ${(sidecar.rss_kib.after / 1024).toFixed(0)} MiB after, peak ${(sidecar.rss_kib.peak / 1024).toFixed(0)} MiB.`);

@@ -14,6 +14,7 @@
 #   BENCH_ROUNDS=3             interleaved rounds of the snapshot/dd and restore/dd measurements
 #   BENCH_CKPT_DIR=dir         where snapshots and dd's file go (default: a temp dir under /tmp)
 #   BENCH_CKPT_WAL_FSYNC=batch the sidecar's wal.fsync during the pause test (always|batch|none)
+#   BENCH_CKPT_L1_BYTES=256MiB the sidecar's context.l1.maxBytes (default: the sidecar's own, none with the embedded L2)
 #   BENCH_CKPT_RATE=1000 BENCH_CKPT_QUIET=10   PUT rate; seconds of quiet period before the snapshot
 #   BENCH_CKPT_ONLY="offline pause"            run only these parts
 #   BENCH_LOADGEN_CPU=0 BENCH_SERVER_CPU=1     taskset pinning of the PUT generator and the sidecar
@@ -156,6 +157,7 @@ drainTimeout: 1s
 context:
   port: $P_CTX
   l2: { backend: memory }
+$([[ -n "${BENCH_CKPT_L1_BYTES:-}" ]] && echo "  l1: { maxBytes: $BENCH_CKPT_L1_BYTES }")
   writeMode: write-through
   wal: { fsync: $WAL_FSYNC }
   warm: { maxBytes: 0 }
