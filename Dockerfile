@@ -28,5 +28,5 @@ USER 1337:1337
 # Sidecar (admin, outbound, inbound, context API), control plane (xDS, admin), injector webhook.
 EXPOSE 15000 15001 15006 15020 15010 15014 15017
 # The node flags are src/cli/node-flags.ts's (it says why); test/docker holds them equal.
-ENTRYPOINT ["node", "--initial-old-space-size=128", "/opt/ctxmesh/dist/src/cli/main.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=128", "--v8-pool-size=1", "/opt/ctxmesh/dist/src/cli/main.js"]
 CMD ["sidecar", "-c", "/etc/ctxmesh/sidecar.yaml"]

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --initial-old-space-size=128
+#!/usr/bin/env -S node --initial-old-space-size=128 --v8-pool-size=1
 // The `ctxmesh` command. Each verb lives in its own module and registers itself here. The node
 // flags of the first line are NODE_FLAGS (node-flags.ts), which says why.
 import { Command } from 'commander';
