@@ -19,11 +19,11 @@
 // After each, every diverged key must hold B's version on A and the two trees must be equal.
 // Prints one line per measurement and a summary with the medians and the naive/ae ratios.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
+import { freePort } from './ports.mjs';
 
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
 // The build under test: BENCH_CTXMESH_CLI (…/dist/src/cli/main.js) names it, as in the other benchmarks.
@@ -55,15 +55,6 @@ const work = mkdtempSync(join(tmpdir(), 'ctxmesh-bench-ae-'));
 await initCa({ out: join(work, 'ca') });
 await issueCert({ ca: join(work, 'ca'), name: 'bench', out: join(work, 'id') });
 const identity = { cert: join(work, 'id', 'cert.pem'), key: join(work, 'id', 'key.pem'), ca: join(work, 'id', 'ca.pem') };
-
-const freePort = () =>
-  new Promise((ok, fail) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => ok(port));
-    });
-    server.on('error', fail);
-  });
 
 const ids = ['bench-a', 'bench-b'];
 const ports = { 'bench-a': await freePort(), 'bench-b': await freePort() };

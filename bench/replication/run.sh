@@ -27,6 +27,7 @@
 #                              sidecar (all three share it; "" = unpinned)
 #   BENCH_AE_KEYS=100000 BENCH_AE_VALUE_BYTES=512 BENCH_AE_DIVERGED_PCT=1 BENCH_AE_ROUNDS=3   anti-entropy
 #   BENCH_REPL_ONLY="writes ae"   parts to run
+#   BENCH_REPL_PORT_BASE=19600 the sidecars' ports count up from here (kept below the ephemeral range)
 #   BENCH_PROFILE=1            profile the three sidecars (node --cpu-prof) during one closed-loop run
 #                              at BENCH_REPL_PROFILE_LEVEL=strong, c=BENCH_REPL_PROFILE_CONNS=16; 0 = skip
 #   BENCH_SKIP_BUILD=1 BENCH_CTXMESH_CLI=path BENCH_CTXMESH_REV=text BENCH_KEEP_TMP=1   as in the

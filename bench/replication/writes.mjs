@@ -21,13 +21,13 @@
 // Knobs in the environment: see run.sh. Progress on stderr; results as JSON in --out.
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { createHistogram, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { Pool, request } from 'undici';
 import { cliNodeFlags } from '../cli-node-flags.mjs';
+import { freePort } from './ports.mjs';
 
 const ROOT = resolve(new URL('../..', import.meta.url).pathname);
 const { values: args } = parseArgs({
@@ -60,15 +60,6 @@ const READY_TIMEOUT_MS = 20_000;
 const say = (line) => process.stderr.write(`   ${line}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => ok(port));
-    });
-    server.on('error', fail);
-  });
-}
 
 // ── sidecars: the CLI with a config file, as bench/state and test/helpers/sidecar-procs.ts run it ──
 
