@@ -6,7 +6,7 @@
 //
 // Linear probing over a power-of-two table, FNV-1a over the key's UTF-8 bytes, the hash kept per
 // slot (a probe compares bytes only when hashes match, and growing never re-reads keys).
-import type { RecordArena } from './record-arena.js';
+import { grownTo, type RecordArena } from './record-arena.js';
 
 const EMPTY = 0;
 const DELETED = -1;
@@ -41,7 +41,7 @@ export class ArenaIndex {
     const start = this.arena.start(slot) + 2;
     const length = (bytes[start - 2]! << 8) | bytes[start - 1]!;
     const hash = hashBytes(bytes, start, length);
-    if (slot >= this.hashes.length) this.hashes = grown(this.hashes, slot + 1);
+    this.hashes = grownTo(this.hashes, slot + 1);
     this.hashes[slot] = hash;
     const at = this.find(bytes, start, length, hash);
     if (at >= 0) {
@@ -124,12 +124,4 @@ function hashBytes(bytes: Buffer, start: number, length: number): number {
   let hash = 0x811c9dc5;
   for (let i = start; i < start + length; i++) hash = Math.imul(hash ^ bytes[i]!, 0x01000193);
   return hash | 0; // as the Int32Array keeps it (the empty key's hash is the unsigned basis)
-}
-
-function grown(old: Int32Array, atLeast: number): Int32Array<ArrayBuffer> {
-  let length = old.length;
-  while (length < atLeast) length *= 2;
-  const next = new Int32Array(length);
-  next.set(old);
-  return next;
 }

@@ -205,16 +205,21 @@ export class RecordArena {
 
   private newSlot(): number {
     if (this.nextSlot === this.slotSlab.length) {
-      const grow = <T extends Int32Array | Float64Array>(old: T): T => {
-        const next = new (old.constructor as new (n: number) => T)(old.length * 2);
-        next.set(old);
-        return next;
-      };
-      this.slotSlab = grow(this.slotSlab);
-      this.slotStart = grow(this.slotStart);
-      this.slotEnd = grow(this.slotEnd);
-      this.slotExpires = grow(this.slotExpires);
+      this.slotSlab = grownTo(this.slotSlab, this.nextSlot + 1);
+      this.slotStart = grownTo(this.slotStart, this.nextSlot + 1);
+      this.slotEnd = grownTo(this.slotEnd, this.nextSlot + 1);
+      this.slotExpires = grownTo(this.slotExpires, this.nextSlot + 1);
     }
     return this.nextSlot++;
   }
+}
+
+/** A per-slot array at least `length` long holding `old`'s values: doubled until it is. */
+export function grownTo<T extends Int32Array | Float64Array>(old: T, length: number): T {
+  if (old.length >= length) return old;
+  let size = old.length;
+  while (size < length) size *= 2;
+  const next = new (old.constructor as new (n: number) => T)(size);
+  next.set(old);
+  return next;
 }
