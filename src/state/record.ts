@@ -39,6 +39,8 @@ interface EnvelopeMeta {
 }
 
 const MAGIC = 'CTX1 ';
+/** The envelope's first bytes, for writers that lay it out themselves (the snapshot's block encoder). */
+export const ENVELOPE_MAGIC_BYTES = Buffer.from(MAGIC, 'latin1');
 const NEWLINE = 0x0a;
 
 export function isExpired(record: ContextRecord, now: number): boolean {
@@ -167,15 +169,14 @@ export function keyedRecordVersion(bytes: Buffer, start: number, end: number): s
 // JSON.stringify lays it out: {"c":…,"x":…,"t":…[,"r":1][,"d":1]}, integer times, no escapes in the
 // content type; anything else (including damage) is left to decodeRecord, which decodes it or names
 // what is wrong, so the errors stay that function's.
-const MAGIC_BYTES = Buffer.from(MAGIC, 'latin1');
 const META_CONTENT_TYPE = Buffer.from('{"c":"', 'latin1');
 const [QUOTE, BACKSLASH, COMMA, COLON, BRACE_CLOSE, DIGIT_0, DIGIT_9] = [0x22, 0x5c, 0x2c, 0x3a, 0x7d, 0x30, 0x39];
 
 function decodeExact(bytes: Buffer, start: number, end: number, knownKey: string | undefined, contentTypes: ContentTypeCache | undefined): ContextRecord | undefined {
   if (start + 2 > end) return undefined;
   const keyEnd = start + 2 + ((bytes[start]! << 8) | bytes[start + 1]!);
-  const magicEnd = keyEnd + MAGIC_BYTES.length;
-  if (magicEnd > end || !bytesAt(bytes, keyEnd, MAGIC_BYTES)) return undefined;
+  const magicEnd = keyEnd + ENVELOPE_MAGIC_BYTES.length;
+  if (magicEnd > end || !bytesAt(bytes, keyEnd, ENVELOPE_MAGIC_BYTES)) return undefined;
   let versionEnd = magicEnd;
   while (versionEnd < end && bytes[versionEnd] !== NEWLINE) versionEnd++;
   if (versionEnd >= end) return undefined;

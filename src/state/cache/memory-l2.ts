@@ -88,7 +88,18 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
   /** Applies a record without a condition, synchronously: WAL replay at start uses it. */
   apply(record: ContextRecord): void {
     this.beforeChange(record.key);
-    const previous = record.tombstone || isExpired(record, this.now()) ? this.index.remove(record.key) : this.index.put(this.arena.add(record));
+    this.store(record, this.now());
+  }
+
+  /**
+   * Makes the record the key's current one (a tombstone or an expired record: removes the key):
+   * copied into the arena, or, given a slab, placed where it already lies there at [start, end).
+   */
+  private store(record: ContextRecord, now: number, slab = -1, start = 0, end = 0): void {
+    const previous =
+      record.tombstone || isExpired(record, now)
+        ? this.index.remove(record.key)
+        : this.index.put(slab < 0 ? this.arena.add(record) : this.arena.place(slab, start, end, record.expiresAt));
     if (previous !== undefined) this.arena.free(previous);
   }
 
@@ -107,14 +118,7 @@ export class MemoryL2 extends EventEmitter implements L2Tier {
     }
     const now = this.now();
     const slab = block && spans ? this.arena.adopt(block) : -1;
-    for (let i = 0; i < records.length; i++) {
-      const record = records[i]!;
-      const previous =
-        record.tombstone || isExpired(record, now)
-          ? this.index.remove(record.key)
-          : this.index.put(slab < 0 ? this.arena.add(record) : this.arena.place(slab, spans![2 * i]!, spans![2 * i + 1]!, record.expiresAt));
-      if (previous !== undefined) this.arena.free(previous);
-    }
+    for (let i = 0; i < records.length; i++) this.store(records[i]!, now, slab, spans?.[2 * i], spans?.[2 * i + 1]);
     if (slab >= 0) this.arena.settle(slab);
   }
 

@@ -47,7 +47,7 @@ import { promisify } from 'node:util';
 import { crc32, deflateRaw, inflateRaw } from 'node:zlib';
 import { z } from 'zod';
 import { parseTimestamp } from '../hlc.js';
-import { ContentTypeCache, decodeKeyedRecordAt, type ContextRecord, type RecordOrKeyed } from '../record.js';
+import { ContentTypeCache, ENVELOPE_MAGIC_BYTES, decodeKeyedRecordAt, keyedLayout, type ContextRecord, type RecordOrKeyed } from '../record.js';
 
 export interface SnapshotHeader {
   formatVersion: 1;
@@ -148,7 +148,6 @@ const SLICE_MS = 1;
 const SLICE_CHECK_RECORDS = 32;
 /** AES-GCM runs on the event loop (~1.5 ms per MiB here): a block is en/decrypted in slices this big. */
 const CRYPTO_SLICE_BYTES = 256 * 1024;
-const ENVELOPE_MAGIC = 'CTX1 ';
 
 const deflateRawAsync = promisify(deflateRaw);
 const inflateRawAsync = promisify(inflateRaw);
@@ -307,24 +306,21 @@ function encodeHeader(header: SnapshotHeader, salt: Buffer, keys: FileKeys | und
   return { bytes, hash: createHash('sha256').update(body).digest(), running };
 }
 
-/**
- * Encodes records straight into a block buffer, seals each full block and writes it. Two buffers
- * take turns: one is filled while the other is on its way to disk, so encoding and I/O overlap.
- */
 /** Room for a record that needs a block of its own: its exact size when the bound is over the limit. */
 function oversizedLength(record: ContextRecord, bound: number): number {
   if (bound <= MAX_BLOCK_BYTES) return bound;
-  const exact = 4 + 2 + Buffer.byteLength(record.key) + Buffer.byteLength(envelopeHeadOf(record)) + record.value.length;
+  const exact = 4 + keyedLayout(record).length;
   if (exact > MAX_BLOCK_BYTES) throw new RangeError(`context ${record.key} of ${exact} bytes exceeds the snapshot block limit of ${MAX_BLOCK_BYTES}`);
   return exact;
 }
 
+const [BRACE_CLOSE, DIGIT_0, NEWLINE] = [0x7d, 0x30, 0x0a];
 /** The metadata pieces encode() writes around the content type and the numbers. */
 const FIELD_CRITICAL = Buffer.from(',"r":1', 'latin1');
 const FIELD_UPDATED_AT = Buffer.from(',"t":', 'latin1');
 const FIELD_TOMBSTONE = Buffer.from(',"d":1', 'latin1');
 /** Envelope bytes besides key, version, content type field and value: magic, newlines, the other fields, two numbers. */
-const ENVELOPE_FIXED_BYTES = ENVELOPE_MAGIC.length + 1 + FIELD_CRITICAL.length + FIELD_UPDATED_AT.length + FIELD_TOMBSTONE.length + 2 + 2 * 24;
+const ENVELOPE_FIXED_BYTES = ENVELOPE_MAGIC_BYTES.length + 1 + FIELD_CRITICAL.length + FIELD_UPDATED_AT.length + FIELD_TOMBSTONE.length + 2 + 2 * 24;
 /** Distinct content types whose encoded field is kept; past it the cache starts over. */
 const MAX_CACHED_CONTENT_TYPES = 256;
 
@@ -341,14 +337,10 @@ function writeJsonNumber(buffer: Buffer, at: number, n: number): number {
   return at + digits;
 }
 
-/** The envelope head as record.ts writes it (the rare oversized record needs its exact length). */
-function envelopeHeadOf(record: ContextRecord): string {
-  const meta: { c: string; x: number; r?: 1; t: number; d?: 1 } = { c: record.contentType, x: record.expiresAt, t: record.updatedAt };
-  if (record.retention === 'critical') meta.r = 1;
-  if (record.tombstone) meta.d = 1;
-  return `${ENVELOPE_MAGIC}${record.version}\n${JSON.stringify(meta)}\n`;
-}
-
+/**
+ * Encodes records straight into a block buffer, seals each full block and writes it. Two buffers
+ * take turns: one is filled while the other is on its way to disk, so encoding and I/O overlap.
+ */
 class BlockWriter {
   records = 0;
   /** File bytes written so far. */
@@ -959,9 +951,6 @@ async function* readBlocks(file: FileHandle, path: string, opened: OpenedHeader,
     await source.settle();
   }
 }
-
-const ENVELOPE_MAGIC_BYTES = Buffer.from(ENVELOPE_MAGIC, 'latin1');
-const [BRACE_CLOSE, DIGIT_0, NEWLINE] = [0x7d, 0x30, 0x0a];
 
 function tryParse<T>(parse: () => T): T | undefined {
   try {
