@@ -22,7 +22,9 @@
 #   BENCH_ROUNDS=1             rounds (fresh sidecars each, order alternated); medians in the report
 #   BENCH_REPL_VALUE_BYTES=256 BENCH_REPL_KEYS=10000   value size; keys written round-robin per mode
 #   BENCH_REPL_FSYNC=none      context.wal.fsync of every sidecar (always | batch | none)
-#   BENCH_REPL_MODES="single eventual session strong"   rows to run
+#   BENCH_REPL_MODES="single eventual session strong strong-tokenless"   rows to run (strong-tokenless:
+#                              strong writes from clients that echo no ctxmesh-session token)
+#   BENCH_REPL_CPUS="1 0 0"    per-sidecar pinning (A B C) instead of BENCH_SERVER_CPU: the coordinator alone on a core
 #   BENCH_LOADGEN_CPU=0 BENCH_SERVER_CPU=1   taskset pinning of the load generator and of every
 #                              sidecar (all three share it; "" = unpinned)
 #   BENCH_AE_KEYS=100000 BENCH_AE_VALUE_BYTES=512 BENCH_AE_DIVERGED_PCT=1 BENCH_AE_ROUNDS=3   anti-entropy

@@ -3,9 +3,10 @@
 // context API of
 //   single    one sidecar with replication off (no context.replication.peers: the API writes
 //             straight to its local store), and
-//   eventual / session / strong   sidecar A of three sidecar processes replicating to each other
-//             over real mTLS (RF=3); the level comes from the key's prefix through
-//             context.replication.levels (bench-eventual/, bench-session/, bench-strong/), no header,
+//   eventual / session / strong / strong-tokenless   sidecar A of three sidecar processes
+//             replicating to each other over real mTLS (RF=3); the level comes from the key's prefix
+//             through context.replication.levels (bench-eventual/, bench-session/, bench-strong/),
+//             no header; strong-tokenless: strong writes from clients that send no session token,
 // every sidecar being `ctxmesh sidecar -c` as users run it (memory L2, write-through, the same WAL
 // fsync policy for all). Per mode:
 //   closed loop  C workers over an undici Pool of C connections, each sending its next PUT when
@@ -50,7 +51,9 @@ const VALUE_BYTES = Number(env('BENCH_REPL_VALUE_BYTES', '256'));
 const KEYS = Number(env('BENCH_REPL_KEYS', '10000'));
 const FSYNC = env('BENCH_REPL_FSYNC', 'none');
 const SIDECAR_CPU = env('BENCH_SERVER_CPU', '1'); // every sidecar, replicated or not ("" = unpinned)
-const MODES = env('BENCH_REPL_MODES', 'single eventual session strong').split(/\s+/).filter(Boolean);
+/** Per-sidecar pinning, A B C (e.g. "1 0 0": the coordinator alone on a core); overrides BENCH_SERVER_CPU. */
+const SIDECAR_CPUS = env('BENCH_REPL_CPUS', '').split(/\s+/).filter(Boolean);
+const MODES = env('BENCH_REPL_MODES', 'single eventual session strong strong-tokenless').split(/\s+/).filter(Boolean);
 const PROFILE_CONNS = Number(env('BENCH_REPL_PROFILE_CONNS', '16'));
 const PROFILE_LEVEL = env('BENCH_REPL_PROFILE_LEVEL', 'strong');
 const CLK_TCK = Number(env('BENCH_CLK_TCK', '100'));
@@ -66,7 +69,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Writes the configs of `ids` (one sidecar alone when ids has one entry: replication off). */
 async function planSidecars(name, ids) {
   const nodes = [];
-  for (const id of ids) nodes.push({ id, inbound: await freePort(), context: await freePort(), admin: await freePort() });
+  for (const [index, id] of ids.entries()) nodes.push({ id, index, inbound: await freePort(), context: await freePort(), admin: await freePort() });
   for (const node of nodes) {
     const dir = join(args.work, `${name}-${node.id}`);
     mkdirSync(dir, { recursive: true });
@@ -107,7 +110,8 @@ async function planSidecars(name, ids) {
 
 async function startSidecar(node, nodeFlags = []) {
   const argv = [process.execPath, ...CLI_NODE_FLAGS, ...nodeFlags, CLI, 'sidecar', '-c', node.configFile];
-  const [cmd, ...rest] = SIDECAR_CPU ? ['taskset', '-c', SIDECAR_CPU, ...argv] : argv;
+  const cpu = SIDECAR_CPUS.length > 0 ? SIDECAR_CPUS[node.index] ?? '' : SIDECAR_CPU;
+  const [cmd, ...rest] = cpu ? ['taskset', '-c', cpu, ...argv] : argv;
   node.output = '';
   const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
   node.child = child;
@@ -166,7 +170,8 @@ function rssMiB(pid) {
 
 /**
  * The coordinator's replication counters: ctxmesh_replication_writes_total by "level/outcome", and
- * hints delivered (writes a replica did not get in time and got later from the hint store).
+ * hints delivered (writes a replica did not get in time and got later from the hint store), and
+ * strong writes that went without a prepare round (a promise kept from the key's last write).
  */
 async function replicatedWrites(node) {
   const res = await request(`http://127.0.0.1:${node.admin}/metrics`);
@@ -175,6 +180,8 @@ async function replicatedWrites(node) {
   for (const m of text.matchAll(/^ctxmesh_replication_writes_total\{consistency="(\w+)",outcome="(\w+)"\} (\S+)$/gm)) out[`${m[1]}/${m[2]}`] = Number(m[3]);
   const hints = /^ctxmesh_replication_hints_delivered_total (\S+)$/m.exec(text);
   if (hints) out['hints delivered'] = Number(hints[1]);
+  const skipped = /^ctxmesh_replication_strong_prepares_skipped_total (\S+)$/m.exec(text);
+  if (skipped && Number(skipped[1]) > 0) out['strong prepares skipped'] = Number(skipped[1]);
   return out;
 }
 
@@ -183,13 +190,29 @@ async function replicatedWrites(node) {
 const value = Buffer.alloc(VALUE_BYTES, 'x');
 value.write('{"role":"user","text":"', 0);
 value.write('"}', VALUE_BYTES - 2);
-const prefixOf = (mode) => (mode === 'single' ? 'bench-single/' : `bench-${mode}/`);
-const keyPaths = (mode) => Array.from({ length: KEYS }, (_, i) => `/v1/contexts/${prefixOf(mode)}conversation-${i}`);
+/**
+ * Each mode's keys, their consistency level (from the key prefix, through context.replication.levels)
+ * and its clients: they echo the ctxmesh-session token, as the README asks, except in
+ * strong-tokenless. A strong write of a session that has seen past the key's last write needs a
+ * prepare round (its version must be newer than what the session saw), so echoing clients that
+ * write many keys pay two rounds a write; a client without a token (linearizable per key is what
+ * strong promises) pays one, on the promise its sidecar kept from the key's last write.
+ */
+const WORKLOADS = {
+  single: { level: undefined, stem: 'bench-single/conversation-', tokens: true },
+  eventual: { level: 'eventual', stem: 'bench-eventual/conversation-', tokens: true },
+  session: { level: 'session', stem: 'bench-session/conversation-', tokens: true },
+  strong: { level: 'strong', stem: 'bench-strong/conversation-', tokens: true },
+  'strong-tokenless': { level: 'strong', stem: 'bench-strong/tokenless-', tokens: false },
+};
+for (const mode of [...MODES, PROFILE_LEVEL]) if (!WORKLOADS[mode]) throw new Error(`BENCH_REPL_MODES: unknown mode "${mode}" (${Object.keys(WORKLOADS).join(', ')})`);
+/** One mode's load: its key paths (written round-robin from `cursor`) and whether its clients echo tokens. */
+const loadOf = (mode) => ({ paths: Array.from({ length: KEYS }, (_, i) => `/v1/contexts/${WORKLOADS[mode].stem}${i}`), cursor: { next: 0 }, tokens: WORKLOADS[mode].tokens });
 
 /** One PUT; resolves to its status (-1: transport error) and keeps the session token it was given. */
 async function put(pool, path, session) {
   const headers = { 'content-type': 'application/json' };
-  if (session.token) headers['ctxmesh-session'] = session.token;
+  if (session.token && session.tokens) headers['ctxmesh-session'] = session.token;
   try {
     const res = await pool.request({ path, method: 'PUT', headers, body: value, headersTimeout: 10_000, bodyTimeout: 10_000 });
     await res.body.dump();
@@ -240,7 +263,7 @@ async function window(pids, fn) {
 }
 
 /** Closed loop: `conns` workers, each sending its next write as soon as the last one answered. */
-async function closedLoop(pool, paths, cursor, conns, warmupMs, measureMs, probe = { begin() {}, end() {} }) {
+async function closedLoop(pool, { paths, cursor, tokens }, conns, warmupMs, measureMs, probe = { begin() {}, end() {} }) {
   const hist = createHistogram();
   let measuring = false;
   let stopping = false;
@@ -248,7 +271,7 @@ async function closedLoop(pool, paths, cursor, conns, warmupMs, measureMs, probe
   let errors = 0;
   const statuses = {};
   const worker = async () => {
-    const session = {};
+    const session = { tokens };
     while (!stopping) {
       const path = paths[cursor.next++ % paths.length];
       const start = performance.now();
@@ -282,14 +305,14 @@ async function closedLoop(pool, paths, cursor, conns, warmupMs, measureMs, probe
  * tick in whole milliseconds) and posts each index; the write's latency counts from its scheduled
  * time, so a stalled server is charged for every write it delayed.
  */
-async function openLoop(pool, paths, cursor, rate, warmupMs, measureMs, probe) {
+async function openLoop(pool, { paths, cursor, tokens }, rate, warmupMs, measureMs, probe) {
   const total = Math.round(((warmupMs + measureMs) / 1000) * rate);
   const warmupCount = Math.round((warmupMs / 1000) * rate);
   const intervalMs = 1000 / rate;
   const fromSchedule = createHistogram();
   const fromSend = createHistogram();
   const lateness = createHistogram();
-  const sessions = Array.from({ length: 64 }, () => ({}));
+  const sessions = Array.from({ length: 64 }, () => ({ tokens }));
   let ok = 0;
   let errors = 0;
   let done = 0;
@@ -347,12 +370,12 @@ async function openLoop(pool, paths, cursor, rate, warmupMs, measureMs, probe) {
 
 /** Pre-flight: a PUT answers 204 at the level the row claims, and (replicated) every replica has it. */
 async function preflight(mode, nodes) {
-  const key = `${prefixOf(mode)}preflight`;
+  const key = `${WORKLOADS[mode].stem}preflight`;
   const body = `preflight ${mode} ${Date.now()}`;
   const res = await request(`http://127.0.0.1:${nodes[0].context}/v1/contexts/${key}`, { method: 'PUT', body, headers: { 'content-type': 'text/plain' } });
   await res.body.dump();
   if (res.statusCode !== 204) throw new Error(`${mode}: pre-flight PUT answered ${res.statusCode}`);
-  if (mode !== 'single' && res.headers['ctxmesh-consistency'] !== mode) {
+  if (WORKLOADS[mode].level && res.headers['ctxmesh-consistency'] !== WORKLOADS[mode].level) {
     throw new Error(`${mode}: the PUT was taken at consistency "${res.headers['ctxmesh-consistency']}" (context.replication.levels not applied)`);
   }
   // Every replica must hold the write (eventual ones a moment later).
@@ -370,8 +393,7 @@ async function preflight(mode, nodes) {
 // ── the run ──────────────────────────────────────────────────────────────────────────────────
 
 const results = [];
-const cursors = Object.fromEntries(MODES.map((m) => [m, { next: 0 }]));
-const paths = Object.fromEntries(MODES.map((m) => [m, keyPaths(m)]));
+const loads = Object.fromEntries(MODES.map((m) => [m, loadOf(m)]));
 
 async function measureMode(mode, nodes, round) {
   await preflight(mode, nodes);
@@ -379,13 +401,13 @@ async function measureMode(mode, nodes, round) {
   const before = mode === 'single' ? {} : await replicatedWrites(nodes[0]);
   for (const conns of CONNS) {
     const pool = new Pool(`http://127.0.0.1:${nodes[0].context}`, { connections: conns, pipelining: 1 });
-    const r = await window(pids, (probe) => closedLoop(pool, paths[mode], cursors[mode], conns, WARMUP_S * 1000, DURATION_S * 1000, probe));
+    const r = await window(pids, (probe) => closedLoop(pool, loads[mode], conns, WARMUP_S * 1000, DURATION_S * 1000, probe));
     await pool.close();
     results.push({ round, mode, kind: 'closed', conns, ...r });
     say(`${mode.padEnd(8)} closed c=${String(conns).padEnd(3)} ${String(r.writesPerS).padStart(6)} writes/s  p50 ${r.latency.p50} ms  p99 ${r.latency.p99} ms  errors ${r.errors}  sidecar CPU µs/write ${r.cpuUsPerWrite.join(' / ')}  other work ${r.otherWorkPctOfCore}% of a core`);
   }
   const pool = new Pool(`http://127.0.0.1:${nodes[0].context}`, { connections: RATE_CONNS, pipelining: 1 });
-  const r = await window(pids, (probe) => openLoop(pool, paths[mode], cursors[mode], RATE, WARMUP_S * 1000, RATE_S * 1000, probe));
+  const r = await window(pids, (probe) => openLoop(pool, loads[mode], RATE, WARMUP_S * 1000, RATE_S * 1000, probe));
   await pool.close();
   const rss = pids.map((pid) => Math.round(rssMiB(pid) * 10) / 10);
   results.push({ round, mode, kind: 'open', rate: RATE, ...r, rssMiB: rss });
@@ -403,7 +425,7 @@ async function measureMode(mode, nodes, round) {
  */
 async function warmUp(modes, nodes) {
   const pool = new Pool(`http://127.0.0.1:${nodes[0].context}`, { connections: 16, pipelining: 1 });
-  for (const mode of modes) await closedLoop(pool, paths[mode], cursors[mode], 16, Math.max(1, WARMUP_S) * 1000, 0);
+  for (const mode of modes) await closedLoop(pool, loads[mode], 16, Math.max(1, WARMUP_S) * 1000, 0);
   await pool.close();
 }
 
@@ -421,7 +443,7 @@ async function withSidecars(name, ids, fn, nodeFlags = () => []) {
 }
 
 const REPLICA_IDS = ['repl-a', 'repl-b', 'repl-c'];
-const replicated = MODES.filter((m) => LEVELS.includes(m));
+const replicated = MODES.filter((m) => WORKLOADS[m].level !== undefined);
 for (let round = 1; round <= ROUNDS; round++) {
   say(`round ${round} of ${ROUNDS}`);
   // Alternate which setup goes first, and rotate the levels, so drift does not favour one row.
@@ -455,7 +477,7 @@ if (args.profile) {
       await preflight(PROFILE_LEVEL, nodes);
       const pool = new Pool(`http://127.0.0.1:${nodes[0].context}`, { connections: PROFILE_CONNS, pipelining: 1 });
       const loadAt = performance.now();
-      const r = await closedLoop(pool, paths[PROFILE_LEVEL] ?? keyPaths(PROFILE_LEVEL), { next: 0 }, PROFILE_CONNS, WARMUP_S * 1000, DURATION_S * 1000);
+      const r = await closedLoop(pool, loadOf(PROFILE_LEVEL), PROFILE_CONNS, WARMUP_S * 1000, DURATION_S * 1000);
       await pool.close();
       say(`under the profiler: ${r.writesPerS} writes/s, p99 ${r.latency.p99} ms`);
       for (const node of nodes) profiles.push({ id: node.id, role: node === nodes[0] ? 'coordinator' : 'replica', skipMs: Math.round(loadAt - spawnedAt[node.id] + WARMUP_S * 1000), spanMs: DURATION_S * 1000, dir: join(args.profile, node.id), writesPerS: r.writesPerS });
@@ -472,7 +494,7 @@ writeFileSync(
   args.out,
   JSON.stringify(
     {
-      config: { conns: CONNS, durationS: DURATION_S, warmupS: WARMUP_S, rate: RATE, rateDurationS: RATE_S, rateConns: RATE_CONNS, rounds: ROUNDS, valueBytes: VALUE_BYTES, keys: KEYS, fsync: FSYNC, sidecarCpu: SIDECAR_CPU, modes: MODES, profileConns: PROFILE_CONNS, profileLevel: PROFILE_LEVEL },
+      config: { conns: CONNS, durationS: DURATION_S, warmupS: WARMUP_S, rate: RATE, rateDurationS: RATE_S, rateConns: RATE_CONNS, rounds: ROUNDS, valueBytes: VALUE_BYTES, keys: KEYS, fsync: FSYNC, sidecarCpu: SIDECAR_CPUS.length > 0 ? SIDECAR_CPUS.join('/') : SIDECAR_CPU, modes: MODES, profileConns: PROFILE_CONNS, profileLevel: PROFILE_LEVEL },
       results,
       profiles,
     },

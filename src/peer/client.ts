@@ -1,17 +1,23 @@
-// Sidecar-to-sidecar calls, client side: `POST https://<address>/.ctxmesh/peer/<name>` over mTLS.
-// One undici Pool per peer address keeps a few TLS connections open (keep-alive, no pipelining: a
-// slow call never holds up the ones queued behind it on the same connection), so replication is
-// not a handshake per write. Every failure is a MeshError that names the peer and the call.
+// Sidecar-to-sidecar calls, client side, over mTLS to the peer's inbound listener. A peer that
+// speaks ALPN ctxmesh-peer/1 is called over framed connections (channel.ts): calls multiplexed by
+// id on one kept-open connection, those of one tick in one TLS write. Two lanes per peer, so that
+// bulk transfers (anti-entropy, hint delivery: megabytes) never queue ahead of replication and
+// probes. A peer that does not (an older sidecar) gets `POST https://<address>/.ctxmesh/peer/<name>`
+// through an undici Pool of kept-alive connections. Every failure is a MeshError that names the
+// peer and the call.
 import { createRequire } from 'node:module';
 import type { Dispatcher } from 'undici';
 import { ERROR_HEADER, MeshError, toMeshError, type ErrorCode, ERRORS } from '../errors/table.js';
-import { meshConnector } from '../proxy/upstream/connect.js';
+import type { TLSSocket } from 'node:tls';
+import { dialMesh, meshConnector } from '../proxy/upstream/connect.js';
 import { formatHostPort, parseHostPort } from '../config/host-port.js';
 import { Pool } from '../proxy/upstream/undici.js';
 import type { MeshIdentity } from '../tls/identity.js';
 import { PEER_PATH_PREFIX } from './router.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
 import { Fencing, type FenceVerdict } from './fencing.js';
+import { NotFramedError, PeerChannel, type ChannelReply } from './channel.js';
+import { PEER_ALPN } from './frames.js';
 
 const require = createRequire(import.meta.url);
 /** undici's request API, without the rest of undici's entry point (see ../proxy/upstream/undici.ts). */
@@ -46,10 +52,18 @@ export interface PeerClientOptions {
 export interface PeerCallOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** A transfer of possibly many megabytes: it goes on the peer's bulk lane. */
+  bulk?: boolean;
 }
 
 export class PeerClient {
+  /** Framed connections by lane and address. */
+  private readonly channels = new Map<string, PeerChannel>();
+  /** Peers that answered the framed protocol's offer with HTTP: called through `pools`. */
+  private readonly httpOnly = new Set<string>();
   private readonly pools = new Map<string, Pool>();
+  private readonly sessions = new Map<string, Buffer>();
+  private readonly identity: MeshIdentity;
   private readonly connector;
   private readonly connectTimeoutMs: number;
   private readonly timeoutMs: number;
@@ -66,6 +80,7 @@ export class PeerClient {
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.faults = options.faults;
     this.fencing = options.fencing;
+    this.identity = identity;
     this.connector = meshConnector(identity, this.connectTimeoutMs);
   }
 
@@ -80,6 +95,56 @@ export class PeerClient {
     if (this.faults?.dropsCallTo(address)) throw new MeshError('connect_failure', `peer ${address} is unreachable (${name}): blocked by the fault switch`);
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const payload = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
+    const meta = { ...(this.faults ? { [PEER_NODE_HEADER]: this.faults.selfId } : {}), ...this.fencing?.headers() };
+    let reply: ChannelReply | undefined;
+    if (!this.httpOnly.has(address)) {
+      try {
+        reply = await this.channel(address, options.bulk === true).call(name, meta, payload, timeoutMs, options.signal);
+      } catch (err) {
+        if (!(err instanceof NotFramedError)) throw err;
+        this.httpOnly.add(address);
+      }
+    }
+    reply ??= await this.overHttp(address, name, payload, Buffer.isBuffer(body), meta, timeoutMs, options.signal);
+    const { status, error, body: bytes } = reply;
+    if (this.fencing && status < 300 && Fencing.judges(name)) this.fencing.acceptedBy(address);
+    if (error === 'stale_epoch' && this.fencing) {
+      try {
+        const verdict = (JSON.parse(bytes.toString('utf8')) as { fence?: FenceVerdict }).fence;
+        if (verdict) this.fencing.refusedBy(address, verdict);
+      } catch {
+        // Not our body: no verdict to act on; the refusal still fails the call.
+      }
+    }
+    return {
+      status,
+      body: bytes,
+      ...(error !== '' ? { error } : {}),
+      json<T>(): T {
+        return JSON.parse(bytes.toString('utf8')) as T;
+      },
+    };
+  }
+
+  private channel(address: string, bulk: boolean): PeerChannel {
+    const lane = laneOf(address, bulk);
+    let channel = this.channels.get(lane);
+    if (!channel) {
+      const peer = parseHostPort(address);
+      if (typeof peer === 'string') throw new MeshError('connect_failure', `peer address ${address} cannot be dialled: ${peer}`);
+      const dial = { host: peer.host, port: peer.port, alpn: [PEER_ALPN, 'http/1.1'], timeoutMs: this.connectTimeoutMs, sessions: this.sessions };
+      channel = new PeerChannel({
+        address,
+        maxReplyBytes: this.maxResponseBytes,
+        dial: () => new Promise<TLSSocket>((resolve, reject) => dialMesh(this.identity, dial, (err, socket) => (err ? reject(err) : resolve(socket!)))),
+      });
+      this.channels.set(lane, channel);
+    }
+    return channel;
+  }
+
+  /** The call as an HTTP request, for a peer without the framed protocol. */
+  private async overHttp(address: string, name: string, payload: Buffer, binary: boolean, meta: Record<string, string>, timeoutMs: number, callerSignal: AbortSignal | undefined): Promise<ChannelReply> {
     // One controller and one timer per call, cleared when the call ends: AbortSignal.timeout
     // would keep its timer (and build a DOMException) for the full timeout after every call.
     const controller = new AbortController();
@@ -89,48 +154,26 @@ export class PeerClient {
       controller.abort();
     }, timeoutMs);
     const cancel = (): void => controller.abort();
-    if (options.signal?.aborted) controller.abort();
-    else options.signal?.addEventListener('abort', cancel, { once: true });
-    const signal = controller.signal;
+    if (callerSignal?.aborted) controller.abort();
+    else callerSignal?.addEventListener('abort', cancel, { once: true });
     try {
       const response = await undiciRequest.call(this.pool(address), {
         path: `${PEER_PATH_PREFIX}${name}`,
         method: 'POST',
-        headers: {
-          'content-type': Buffer.isBuffer(body) ? 'application/octet-stream' : 'application/json',
-          'content-length': String(payload.length),
-          ...(this.faults ? { [PEER_NODE_HEADER]: this.faults.selfId } : {}),
-          ...this.fencing?.headers(),
-        },
+        headers: { 'content-type': binary ? 'application/octet-stream' : 'application/json', 'content-length': String(payload.length), ...meta },
         body: payload,
-        signal,
+        signal: controller.signal,
         headersTimeout: timeoutMs,
         bodyTimeout: timeoutMs,
       });
       const bytes = await readBounded(response.body, this.maxResponseBytes, address, name);
       const error = response.headers[ERROR_HEADER];
-      if (this.fencing && response.statusCode < 300 && Fencing.judges(name)) this.fencing.acceptedBy(address);
-      if (error === 'stale_epoch' && this.fencing) {
-        try {
-          const verdict = (JSON.parse(bytes.toString('utf8')) as { fence?: FenceVerdict }).fence;
-          if (verdict) this.fencing.refusedBy(address, verdict);
-        } catch {
-          // Not our body: no verdict to act on; the refusal still fails the call.
-        }
-      }
-      return {
-        status: response.statusCode,
-        body: bytes,
-        ...(typeof error === 'string' ? { error } : {}),
-        json<T>(): T {
-          return JSON.parse(bytes.toString('utf8')) as T;
-        },
-      };
+      return { status: response.statusCode, body: bytes, error: typeof error === 'string' ? error : '' };
     } catch (err) {
-      throw describe(err, address, name, timeoutMs, timedOut, options.signal?.aborted ?? false);
+      throw describe(err, address, name, timeoutMs, timedOut, callerSignal?.aborted ?? false);
     } finally {
       clearTimeout(timer);
-      options.signal?.removeEventListener('abort', cancel);
+      callerSignal?.removeEventListener('abort', cancel);
     }
   }
 
@@ -167,6 +210,11 @@ export class PeerClient {
 
   /** Drops the connections to one peer (it left the mesh). */
   async forget(address: string): Promise<void> {
+    for (const lane of [laneOf(address, false), laneOf(address, true)]) {
+      this.channels.get(lane)?.close();
+      this.channels.delete(lane);
+    }
+    this.httpOnly.delete(address);
     const pool = this.pools.get(address);
     this.pools.delete(address);
     await pool?.destroy();
@@ -174,10 +222,16 @@ export class PeerClient {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const channel of this.channels.values()) channel.close();
+    this.channels.clear();
     const pools = [...this.pools.values()];
     this.pools.clear();
     await Promise.all(pools.map((p) => p.destroy()));
   }
+}
+
+function laneOf(address: string, bulk: boolean): string {
+  return `${bulk ? 'bulk' : 'calls'} ${address}`;
 }
 
 function describe(err: unknown, address: string, name: string, timeoutMs: number, timedOut: boolean, cancelled: boolean): MeshError {

@@ -25,7 +25,7 @@
 // Only epochs the control plane stated count: without xDS (static peers) nothing is fenced, since
 // there is no authority whose epochs could move on. Probes (ping, ping-req) are never fenced: they
 // are how a fenced member proves it is alive and gets re-admitted.
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import { MeshError } from '../errors/table.js';
 import type { Member, MemberState } from '../membership/membership.js';
 import type { ContextStore } from '../state/store.js';
@@ -171,10 +171,10 @@ export class Fencing {
    * Receiver side: the verdict on an incoming peer call, or undefined to serve it. A call without
    * the headers (an older sidecar, a tool) or from a node EDS never named is served.
    */
-  judge(call: string, req: IncomingMessage): FenceVerdict | undefined {
+  judge(call: string, headers: IncomingHttpHeaders | Record<string, string>): FenceVerdict | undefined {
     if (!Fencing.judges(call)) return undefined;
-    const node = header(req, PEER_NODE_HEADER);
-    const epochText = header(req, PEER_EPOCH_HEADER);
+    const node = header(headers, PEER_NODE_HEADER);
+    const epochText = header(headers, PEER_EPOCH_HEADER);
     if (node === undefined || epochText === undefined || node === this.selfId) return undefined;
     const known = this.known.get(node);
     if (!known) return undefined;
@@ -286,7 +286,8 @@ export function fencedWrites(store: ContextStore, fencing: Fencing): ContextStor
   });
 }
 
-function header(req: IncomingMessage, name: string): string | undefined {
-  const value = req.headers[name];
+/** An HTTP call's headers or a framed call's meta. */
+function header(headers: IncomingHttpHeaders | Record<string, string>, name: string): string | undefined {
+  const value = headers[name];
   return typeof value === 'string' ? value : undefined;
 }

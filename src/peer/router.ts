@@ -1,10 +1,14 @@
-// Sidecar-to-sidecar calls, server side. Peer traffic (replication, reads, hints) rides the inbound
-// mTLS listener as `POST /.ctxmesh/peer/<name>`; the listener hands those requests here, and only
-// for callers whose verified SPIFFE ID is a sidecar identity, so a peer handler never sees the app's
-// callers and the app never sees peer traffic.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+// Sidecar-to-sidecar calls, server side. Peer traffic (replication, reads, hints, probes) rides the
+// inbound mTLS listener: as framed connections (ALPN ctxmesh-peer/1, frames.ts), which the listener
+// hands here whole, or as `POST /.ctxmesh/peer/<name>` requests. Only callers whose verified SPIFFE
+// ID is a sidecar identity reach a handler, so a peer handler never sees the app's callers and the
+// app never sees peer traffic. Both ways end in one dispatch: the same fault switch, limits,
+// fencing and error answers.
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
 import { sendError } from '../errors/respond.js';
-import { ERROR_HEADER, MeshError, toMeshError } from '../errors/table.js';
+import { ERROR_HEADER, MeshError, errorBody, toMeshError } from '../errors/table.js';
+import { FrameReader, FrameWriter, encodeReply, type Frame } from './frames.js';
 import type { Logger } from '../telemetry/logger.js';
 import { isAllowed, trustDomainOf } from '../tls/spiffe.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
@@ -78,16 +82,19 @@ export class PeerRouter {
 
   /** Serves one request whose path starts with PEER_PATH_PREFIX, from an already authorised caller. */
   serve(req: IncomingMessage, res: ServerResponse, caller: PeerCaller): void {
-    const from = req.headers[PEER_NODE_HEADER];
-    if (this.faults?.refusesCallFrom(typeof from === 'string' ? from : undefined)) {
+    if (this.cutOff(req.headers)) {
       // As a partition looks to the caller: the connection goes away without an answer.
       req.socket.destroy();
       return;
     }
-    void this.run(req, res, caller).catch((err: unknown) => this.reply(req, res, err));
+    void this.serveHttp(req, res, caller).catch((err: unknown) => {
+      const failure = this.failure(err, req.url);
+      // A body refused for its size may still be arriving: closing is cheaper than draining it.
+      sendError(res, failure, { close: failure.code === 'payload_too_large' && !req.complete });
+    });
   }
 
-  private async run(req: IncomingMessage, res: ServerResponse, caller: PeerCaller): Promise<void> {
+  private async serveHttp(req: IncomingMessage, res: ServerResponse, caller: PeerCaller): Promise<void> {
     const url = req.url ?? '/';
     const query = url.indexOf('?');
     const name = (query < 0 ? url : url.slice(0, query)).slice(PEER_PATH_PREFIX.length);
@@ -95,42 +102,102 @@ export class PeerRouter {
       res.setHeader('allow', 'POST');
       throw new MeshError('method_not_allowed', `peer calls are POST, not ${req.method}`);
     }
-    const handler = this.handlers.get(name);
-    if (!handler) {
-      // Before the state agent has registered its handlers, or a peer running a newer version.
-      throw new MeshError('not_found', `no peer handler "${name}" on this sidecar`);
-    }
+    // Before the body is read: an unknown call costs no upload.
+    this.handler(name);
     const body = await readBody(req, this.maxBodyBytes, { what: 'peer request body' });
-    const verdict = this.fencing?.judge(name, req);
+    const { status, body: bytes, error, json } = await this.dispatch(name, req.headers, body, caller);
+    const headers = ['content-type', json ? 'application/json' : 'application/octet-stream', 'content-length', String(bytes.length)];
+    if (error) headers.push(ERROR_HEADER, error);
+    res.writeHead(status, headers);
+    res.end(bytes);
+  }
+
+  /**
+   * Serves a framed connection (ALPN ctxmesh-peer/1) until it closes: each call dispatched as it
+   * arrives, each reply sent as it is ready. `refusal`: the caller is not allowed peer calls, and
+   * every call is answered with it.
+   */
+  serveConnection(socket: TLSSocket, caller: PeerCaller, refusal?: MeshError): void {
+    const writer = new FrameWriter(socket);
+    const answer = (id: number, outcome: CallOutcome): void => writer.send(encodeReply(id, outcome.status, outcome.error ?? '', outcome.body));
+    const refuse = (id: number, err: unknown): void => answer(id, this.refusal(this.failure(err)));
+    const reader = new FrameReader({
+      // The call's name and meta beside its body.
+      maxFrameBytes: this.maxBodyBytes + CALL_HEAD_BYTES,
+      onFrame: (frame: Frame) => {
+        if (frame.kind !== 'call') throw new Error(`a ${frame.kind} frame where calls are expected`);
+        if (refusal) return refuse(frame.id, refusal);
+        if (this.cutOff(frame.meta)) return socket.destroy();
+        this.dispatch(frame.name, frame.meta, frame.body, caller).then((outcome) => answer(frame.id, outcome), (err: unknown) => refuse(frame.id, err));
+      },
+      onOversized: (id, length) => refuse(id, new MeshError('payload_too_large', `peer call of ${length} bytes exceeds the limit of ${this.maxBodyBytes} bytes for its body`)),
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        this.logger?.warn({ err: (err as Error).message, remote: socket.remoteAddress }, 'peer connection closed: not ctxmesh-peer/1 frames');
+        socket.destroy();
+      }
+    });
+    socket.on('error', () => undefined);
+  }
+
+  /** The fault switch's verdict on a call from the sender these headers name. */
+  private cutOff(headers: IncomingHttpHeaders | Record<string, string>): boolean {
+    if (!this.faults) return false;
+    const from = headers[PEER_NODE_HEADER];
+    return this.faults.refusesCallFrom(typeof from === 'string' ? from : undefined);
+  }
+
+  private handler(name: string): PeerHandler {
+    const handler = this.handlers.get(name);
+    // Before the state agent has registered its handlers, or a peer running a newer version.
+    if (!handler) throw new MeshError('not_found', `no peer handler "${name}" on this sidecar`);
+    return handler;
+  }
+
+  /** Fencing, then the handler: one call's answer, however it came. Throws refusals as MeshErrors. */
+  private async dispatch(name: string, headers: IncomingHttpHeaders | Record<string, string>, body: Buffer, caller: PeerCaller): Promise<CallOutcome> {
+    const handler = this.handler(name);
+    if (body.length > this.maxBodyBytes) throw new MeshError('payload_too_large', `peer request body of ${body.length} bytes exceeds the limit of ${this.maxBodyBytes}`);
+    const verdict = this.fencing?.judge(name, headers);
     if (verdict) {
       // Before the handler: nothing of a fenced sender's call is applied. The verdict goes back so
       // the sender knows which epoch it must learn before it acknowledges writes again.
       this.logger?.warn({ call: name, ...verdict }, 'peer call refused: stale ownership epoch (fenced)');
       const refusal = new MeshError('stale_epoch', `node ${verdict.node} called ${name} with epoch ${verdict.epoch}; this member holds epoch ${verdict.knownEpoch} (${verdict.knownState}) for it`);
-      const bytes = Buffer.from(JSON.stringify({ error: refusal.code, message: refusal.message, fence: verdict }));
-      res.writeHead(refusal.status, ['content-type', 'application/json', 'content-length', String(bytes.length), ERROR_HEADER, refusal.code]);
-      res.end(bytes);
-      return;
+      return { status: refusal.status, error: refusal.code, json: true, body: Buffer.from(JSON.stringify({ error: refusal.code, message: refusal.message, fence: verdict })) };
     }
     const reply = await handler(body, caller);
     const status = reply.status ?? 200;
-    if (reply.body === undefined) {
-      res.writeHead(status, ['content-length', '0']);
-      res.end();
-      return;
-    }
-    const isBinary = Buffer.isBuffer(reply.body);
-    const bytes = isBinary ? (reply.body as Buffer) : Buffer.from(JSON.stringify(reply.body));
-    res.writeHead(status, ['content-type', isBinary ? 'application/octet-stream' : 'application/json', 'content-length', String(bytes.length)]);
-    res.end(bytes);
+    if (reply.body === undefined) return { status, body: EMPTY, json: false };
+    if (Buffer.isBuffer(reply.body)) return { status, body: reply.body, json: false };
+    return { status, body: Buffer.from(JSON.stringify(reply.body)), json: true };
   }
 
-  private reply(req: IncomingMessage, res: ServerResponse, err: unknown): void {
-    const failure = err instanceof MeshError ? err : toMeshError(err);
-    if (!(err instanceof MeshError)) this.logger?.error({ err: (err as Error)?.message, path: req.url }, 'peer handler failed');
-    // A body refused for its size may still be arriving: closing is cheaper than draining it.
-    sendError(res, failure, { close: failure.code === 'payload_too_large' && !req.complete });
+  private failure(err: unknown, call?: string): MeshError {
+    if (err instanceof MeshError) return err;
+    this.logger?.error({ err: (err as Error)?.message, call }, 'peer handler failed');
+    return toMeshError(err);
   }
+
+  private refusal(err: MeshError): CallOutcome {
+    return { status: err.status, error: err.code, json: true, body: Buffer.from(errorBody(err)) };
+  }
+}
+
+/** Room for a call frame's name and meta beside the largest body accepted. */
+const CALL_HEAD_BYTES = 4096;
+const EMPTY = Buffer.alloc(0);
+
+interface CallOutcome {
+  status: number;
+  body: Buffer;
+  /** The refusal's error code (x-ctxmesh-error). */
+  error?: string;
+  /** Whether the body is JSON (an object reply or a refusal), for HTTP's content type. */
+  json: boolean;
 }
 
 /**

@@ -1,14 +1,19 @@
 // The peer transport with real sidecars and real mTLS: a call between two sidecars over the
 // inbound listener, callers that are not sidecar identities refused with 403 before any handler or
 // the app, a peer that is down or silent failing fast with a clear MeshError, and an oversized
-// body refused.
+// body refused. Between sidecars the calls ride framed connections (ALPN ctxmesh-peer/1):
+// multiplexed and answered out of order, a lost connection failing what waited on it, an
+// oversized answer failing its call alone; a peer that offers only HTTP is called over HTTP.
 import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { MeshError } from '../../src/errors/table.js';
 import { PeerClient } from '../../src/peer/client.js';
 import { MeshIdentity } from '../../src/tls/identity.js';
 import { closeAfterEach, createPki, deadAddress, sidecarConfig, startApp, startSidecar, type ConfigInput, type IdentityFiles, type TestPki } from '../helpers/mesh.js';
 import https from 'node:https';
+import { PEER_ALPN } from '../../src/peer/frames.js';
 
 describe('peer transport', () => {
   const closers = closeAfterEach();
@@ -144,4 +149,103 @@ describe('peer transport', () => {
     const small = await b.sidecar.peerClient.call(a.inboundAddress, 'sink', Buffer.alloc(1000));
     expect([small.status, small.json()]).toEqual([200, { bytes: 1000 }]);
   });
+
+  it('multiplexes calls on one framed connection and takes each answer as it comes, out of order', async () => {
+    const a = await sidecar('a', aFiles);
+    const b = await sidecar('b', bFiles);
+    a.sidecar.peers.add('slow-echo', async (body) => {
+      const { i } = JSON.parse(body.toString()) as { i: number };
+      await new Promise((resolve) => setTimeout(resolve, i % 2 === 0 ? 150 : 1));
+      return { body: { i } };
+    });
+    const order: number[] = [];
+    const answers = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        b.sidecar.peerClient.call(a.inboundAddress, 'slow-echo', { i }).then((r) => {
+          order.push(i);
+          return r.json<{ i: number }>().i;
+        }),
+      ),
+    );
+    expect(answers).toEqual(Array.from({ length: 40 }, (_, i) => i));
+    // Every fast (odd) call was answered before the first slow one: no call waited behind another.
+    expect(order.slice(0, 20).every((i) => i % 2 === 1)).toBe(true);
+    // Offered both, the inbound listener chooses the framed protocol.
+    const socket = tls.connect({ host: '127.0.0.1', port: Number(a.inboundAddress.split(':')[1]), cert: readFileSync(bFiles.cert), key: readFileSync(bFiles.key), ca: readFileSync(bFiles.ca), ALPNProtocols: [PEER_ALPN, 'http/1.1'], checkServerIdentity: () => undefined });
+    await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    expect(socket.alpnProtocol).toBe(PEER_ALPN);
+    socket.destroy();
+  });
+
+  it('fails the calls waiting on a connection that is lost (upstream_reset), and the next call dials again', async () => {
+    const server = await meshTlsServer(bFiles, [PEER_ALPN], (socket, connection) => {
+      // The first connection is cut once a call arrives; later ones answer every call with 204.
+      socket.on('data', (chunk: Buffer) => {
+        if (connection === 0) return socket.destroy();
+        socket.write(Buffer.concat([frameHead(chunk.readUInt32BE(4), 204), Buffer.from([0])]));
+      });
+    });
+    const peerClient = client(aFiles);
+    const lost = await peerClient.call(server.address, 'anything', {}).catch((err: unknown) => err);
+    expect([(lost as MeshError).code, (lost as MeshError).message]).toEqual(['upstream_reset', `peer ${server.address} (anything): the connection was lost before the answer`]);
+    const again = await peerClient.call(server.address, 'anything', {});
+    expect(again.status).toBe(204);
+    expect(server.connections()).toBe(2);
+  });
+
+  it('fails a call whose answer is over maxResponseBytes, without dropping the connection', async () => {
+    const a = await sidecar('a', aFiles);
+    a.sidecar.peers.add('sized', (body) => ({ body: Buffer.alloc(Number(body.toString())) }));
+    const peerClient = client(bFiles, { maxResponseBytes: 1_000 });
+    const big = await peerClient.call(a.inboundAddress, 'sized', Buffer.from('5000')).catch((err: unknown) => err);
+    expect([(big as MeshError).code, (big as MeshError).message]).toEqual(['payload_too_large', `peer ${a.inboundAddress} answered sized with more than 1000 bytes`]);
+    const small = await peerClient.call(a.inboundAddress, 'sized', Buffer.from('900'));
+    expect([small.status, small.body.length]).toEqual([200, 900]);
+  });
+
+  it('calls a peer that offers only HTTP/1.1 (no framed calls) over HTTP', async () => {
+    const server = https.createServer(
+      { cert: readFileSync(aFiles.cert), key: readFileSync(aFiles.key), ca: readFileSync(aFiles.ca), requestCert: true, ALPNProtocols: ['http/1.1'] },
+      (req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ path: req.url, got: JSON.parse(Buffer.concat(chunks).toString()) as unknown }));
+        });
+      },
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    closers.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const peerClient = client(bFiles);
+    for (let i = 0; i < 3; i++) expect((await peerClient.call(address, 'echo', { i })).json()).toEqual({ path: '/.ctxmesh/peer/echo', got: { i } });
+    server.closeAllConnections();
+  });
+
+  /** A TLS server with a mesh identity offering `alpn`; `onSocket` gets each connection and its index. */
+  async function meshTlsServer(files: IdentityFiles, alpn: string[], onSocket: (socket: tls.TLSSocket, connection: number) => void) {
+    let connections = 0;
+    const sockets = new Set<tls.TLSSocket>();
+    const server = tls.createServer({ cert: readFileSync(files.cert), key: readFileSync(files.key), ca: readFileSync(files.ca), requestCert: true, ALPNProtocols: alpn }, (socket) => {
+      sockets.add(socket);
+      onSocket(socket, connections++);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    closers.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => connections };
+  }
 });
+
+/** A reply frame's head with no error code and an empty body (frames.ts): length, id, kind 2, status. */
+function frameHead(id: number, status: number): Buffer {
+  const head = Buffer.alloc(11);
+  head.writeUInt32BE(8, 0);
+  head.writeUInt32BE(id, 4);
+  head[8] = 2;
+  head.writeUInt16BE(status, 9);
+  return head;
+}

@@ -2,6 +2,8 @@
 //   TLS 1.3 handshake (client certificate required, chained to the mesh CA; else refused)
 //   → authorise the caller's SPIFFE ID against `inbound.allow` (else 403 forbidden)
 //   → replace any x-ctxmesh-peer-identity with the verified one → upstream pipeline → relay
+// A connection that chose ALPN ctxmesh-peer/1 is a peer sidecar's framed connection: it goes to
+// the peer router whole, and never to HTTP or the app.
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
@@ -12,6 +14,7 @@ import type { Logger } from '../../telemetry/logger.js';
 import type { MeshMetrics } from '../../telemetry/metrics.js';
 import type { MeshIdentity } from '../../tls/identity.js';
 import { PEER_PATH_PREFIX, type PeerRouter } from '../../peer/router.js';
+import { PEER_ALPN } from '../../peer/frames.js';
 import { isAllowed, spiffeIdOf } from '../../tls/spiffe.js';
 import { PEER_IDENTITY_HEADER, readRequestHead } from '../headers.js';
 import { answerClientErrors, continueWithinLimits, fail, proxy, serverOptions } from '../listener.js';
@@ -82,7 +85,7 @@ export function createInboundServer(options: InboundOptions): https.Server {
       minVersion: 'TLSv1.3',
       requestCert: true,
       rejectUnauthorized: true,
-      ALPNProtocols: ['http/1.1'],
+      ALPNProtocols: options.peers ? [PEER_ALPN, 'http/1.1'] : ['http/1.1'],
       // The head timeout starts only once the handshake is done; without this a peer that opens
       // TCP and never says hello holds a socket (and any drain) for node's default 120s.
       handshakeTimeout: limits.headersTimeout,
@@ -90,6 +93,7 @@ export function createInboundServer(options: InboundOptions): https.Server {
     onRequest,
   );
   continueWithinLimits(server, limits, onRequest);
+  if (options.peers) divertPeerConnections(server, options.peers, options.logger);
   server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
     // With TLS 1.3 the client's certificate is judged after the handshake's last flight, so the
     // error is a bare reset; the verdict itself is on the socket.
@@ -101,4 +105,23 @@ export function createInboundServer(options: InboundOptions): https.Server {
   identity.on('rotated', () => server.setSecureContext({ ...identity.serverOptions(), minVersion: 'TLSv1.3' }));
   answerClientErrors(server, (err) => recorder.record(clientErrorExchange('inbound'), app.name, err.status, err.code, undefined, 0));
   return server;
+}
+
+/** Hands framed peer connections to the router before node's HTTP handling sees them. */
+function divertPeerConnections(server: https.Server, peers: NonNullable<InboundOptions['peers']>, logger: Logger): void {
+  const http = server.listeners('secureConnection') as Array<(socket: TLSSocket) => void>;
+  server.removeAllListeners('secureConnection');
+  server.on('secureConnection', (socket: TLSSocket) => {
+    if (socket.alpnProtocol !== PEER_ALPN) {
+      for (const listener of http) listener.call(server, socket);
+      return;
+    }
+    const peer = peerIdentityOf(socket);
+    if (peers.isSidecar(peer)) {
+      peers.router.serveConnection(socket, { spiffeId: peer! });
+      return;
+    }
+    logger.info({ caller: peer ?? null, remote: socket.remoteAddress }, 'framed peer connection from a caller that is not a sidecar identity: its calls are refused');
+    peers.router.serveConnection(socket, { spiffeId: peer ?? '' }, new MeshError('forbidden', `caller ${peer ?? '(no SPIFFE ID)'} is not a sidecar identity allowed to make peer calls`));
+  });
 }

@@ -470,7 +470,7 @@ export class AntiEntropy {
   private async call(member: Member, name: string, body: Buffer, stats: { messages: number; bytesSent: number; bytesReceived: number }): Promise<PeerResponse | 'mismatch'> {
     stats.messages++;
     stats.bytesSent += body.length;
-    const response = await this.options.peering.client.call(member.address, name, body, { timeoutMs: this.timeoutMs });
+    const response = await this.options.peering.client.call(member.address, name, body, { timeoutMs: this.timeoutMs, bulk: true });
     stats.bytesReceived += response.body.length;
     if (response.status === 409) return 'mismatch';
     return PeerClient.ok(response, member.address, name);

@@ -1109,7 +1109,7 @@ export class Replicator implements ContextStore, ConflictStore {
         const batch = this.hints.take(member.id, this.config.maxMessageBytes - 1024);
         if (batch.length === 0) break;
         const body = encodeRecordList(batch.map((h) => h.record));
-        PeerClient.ok(await this.client.call(member.address, HINT_DELIVER, body, { timeoutMs: this.config.peerTimeout }), member.address, HINT_DELIVER);
+        PeerClient.ok(await this.client.call(member.address, HINT_DELIVER, body, { timeoutMs: this.config.peerTimeout, bulk: true }), member.address, HINT_DELIVER);
         this.hints.markDelivered(member.id, batch);
         this.links.get(member.id)?.markUp();
         delivered += batch.length;
