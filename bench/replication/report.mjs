@@ -39,7 +39,11 @@ out.push(`## Replication benchmark — ${date}`, '');
 out.push('```bash', meta.command ?? 'bash bench/replication/run.sh', '```', '');
 out.push(
   `Machine: ${meta.ncpu ?? '?'} vCPUs (${meta.cpu ?? '?'}), kernel ${meta.kernel ?? '?'}; Node ${meta.node ?? '?'}. ctxmesh at commit \`${meta.git ?? '?'}\`${meta.dirty ? ' with uncommitted changes in src/' : ''} (\`${meta.cli ?? 'dist/src/cli/main.js'}\`). ` +
-    `Started ${meta.started ?? '?'}. Everything on 127.0.0.1; the load generator pinned to cpu${meta.loadgen_cpu || ' (unpinned)'}, every sidecar to cpu${meta.server_cpu || ' (unpinned)'}.`,
+    `Started ${meta.started ?? '?'}. Everything on 127.0.0.1; the load generator pinned to cpu${meta.loadgen_cpu || ' (unpinned)'}, ${
+      meta.repl_cpus
+        ? `the sidecars A / B / C to cpu ${meta.repl_cpus.trim().split(/\s+/).join(' / ')} (the unreplicated sidecar is A's setup: the same core)`
+        : `every sidecar to cpu${meta.server_cpu || ' (unpinned)'}`
+    }.`,
   '',
 );
 

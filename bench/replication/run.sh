@@ -24,11 +24,14 @@
 #   BENCH_REPL_FSYNC=none      context.wal.fsync of every sidecar (always | batch | none)
 #   BENCH_REPL_MODES="single eventual session strong strong-tokenless"   rows to run (strong-tokenless:
 #                              strong writes from clients that echo no ctxmesh-session token)
-#   BENCH_REPL_CPUS="1 0 0"    per-sidecar pinning (A B C) instead of BENCH_SERVER_CPU: the coordinator alone on a core
+#   BENCH_REPL_CPUS="1 0 0"    per-sidecar pinning (A B C; the default on 2+ CPUs): the coordinator alone on
+#                              the unreplicated sidecar's core, the replicas beside the load generator
 #   BENCH_LOADGEN_CPU=0 BENCH_SERVER_CPU=1   taskset pinning of the load generator and of every
-#                              sidecar (all three share it; "" = unpinned)
+#                              sidecar; setting BENCH_SERVER_CPU puts all three on it ("" = unpinned)
 #   BENCH_AE_KEYS=100000 BENCH_AE_VALUE_BYTES=512 BENCH_AE_DIVERGED_PCT=1 BENCH_AE_ROUNDS=3   anti-entropy
 #   BENCH_REPL_ONLY="writes ae"   parts to run
+#   BENCH_REPL_SIDECAR_NODE_FLAGS="--trace-gc" BENCH_REPL_KEEP_OUTPUT=1   more node flags for every
+#                              sidecar; keep each sidecar's whole output in <its dir>/output.log (with BENCH_KEEP_TMP=1)
 #   BENCH_REPL_PORT_BASE=19600 the sidecars' ports count up from here (kept below the ephemeral range)
 #   BENCH_PROFILE=1            profile the three sidecars (node --cpu-prof) during one closed-loop run
 #                              at BENCH_REPL_PROFILE_LEVEL=strong, c=BENCH_REPL_PROFILE_CONNS=16; 0 = skip
@@ -47,6 +50,10 @@ PROFILE="${BENCH_PROFILE:-1}"
 KEEP_TMP="${BENCH_KEEP_TMP:-0}"
 CLI="${BENCH_CTXMESH_CLI:-$ROOT/dist/src/cli/main.js}"
 if [[ "$(nproc)" -ge 2 ]]; then
+  # Unless told otherwise: the coordinator alone on the core the unreplicated sidecar has, the two
+  # replicas beside the generator. Two cores cannot give four processes one each; this way the
+  # coordinator is measured as the unreplicated sidecar is, and the replicas' CPU is still paid.
+  [[ -n "${BENCH_SERVER_CPU+set}" ]] || export BENCH_REPL_CPUS="${BENCH_REPL_CPUS-1 0 0}"
   LOADGEN_CPU="${BENCH_LOADGEN_CPU-0}"; export BENCH_SERVER_CPU="${BENCH_SERVER_CPU-1}"
 else
   LOADGEN_CPU="${BENCH_LOADGEN_CPU-}"; export BENCH_SERVER_CPU="${BENCH_SERVER_CPU-}"
@@ -95,7 +102,7 @@ if want writes; then
     node "$CLI" certs issue --ca "$TMP/certs" --name "$id" --out "$TMP/certs/$id" >>"$TMP/logs/certs.log" 2>&1 \
       || die "ctxmesh certs issue $id failed"
   done
-  say "writes: unreplicated vs RF=3 (eventual, session, strong); load on cpu${LOADGEN_CPU:-any}, sidecars on cpu${BENCH_SERVER_CPU:-any}"
+  say "writes: unreplicated vs RF=3 (eventual, session, strong); load on cpu${LOADGEN_CPU:-any}, sidecars on cpu${BENCH_REPL_CPUS:-${BENCH_SERVER_CPU:-any}}"
   profile_args=()
   [[ "$PROFILE" == 1 ]] && profile_args=(--profile "$TMP/profiles")
   run_bg pinned "$LOADGEN_CPU" node "$HERE/writes.mjs" --work "$TMP/sidecars" --certs "$TMP/certs" \
@@ -123,7 +130,7 @@ cat >"$TMP/meta.json" <<EOF
  "cli":"${CLI#"$ROOT/"}","git":"${BENCH_CTXMESH_REV:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')}",
  "dirty":$([[ -z "${BENCH_CTXMESH_REV:-}" && "$CLI" == "$ROOT/dist/src/cli/main.js" && -n "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ]] && echo true || echo false),
  "node":"$(node -v)","cpu":"$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)","ncpu":$(nproc),
- "kernel":"$(uname -r)","loadgen_cpu":"$LOADGEN_CPU","server_cpu":"$BENCH_SERVER_CPU"}
+ "kernel":"$(uname -r)","loadgen_cpu":"$LOADGEN_CPU","server_cpu":"$BENCH_SERVER_CPU","repl_cpus":"${BENCH_REPL_CPUS:-}"}
 EOF
 mkdir -p "$ROOT/bench/.out"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"

@@ -21,7 +21,7 @@
 //   node bench/replication/writes.mjs --work DIR --certs DIR --out results.json [--profile DIR]
 // Knobs in the environment: see run.sh. Progress on stderr; results as JSON in --out.
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createHistogram, performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -51,6 +51,9 @@ const VALUE_BYTES = Number(env('BENCH_REPL_VALUE_BYTES', '256'));
 const KEYS = Number(env('BENCH_REPL_KEYS', '10000'));
 const FSYNC = env('BENCH_REPL_FSYNC', 'none');
 const SIDECAR_CPU = env('BENCH_SERVER_CPU', '1'); // every sidecar, replicated or not ("" = unpinned)
+/** More node flags for every sidecar (e.g. "--trace-gc"), and whether to keep each one's whole output in <its dir>/output.log. */
+const EXTRA_NODE_FLAGS = env('BENCH_REPL_SIDECAR_NODE_FLAGS', '').split(/\s+/).filter(Boolean);
+const KEEP_OUTPUT = env('BENCH_REPL_KEEP_OUTPUT', '0') === '1';
 /** Per-sidecar pinning, A B C (e.g. "1 0 0": the coordinator alone on a core); overrides BENCH_SERVER_CPU. */
 const SIDECAR_CPUS = env('BENCH_REPL_CPUS', '').split(/\s+/).filter(Boolean);
 const MODES = env('BENCH_REPL_MODES', 'single eventual session strong strong-tokenless').split(/\s+/).filter(Boolean);
@@ -109,14 +112,18 @@ async function planSidecars(name, ids) {
 }
 
 async function startSidecar(node, nodeFlags = []) {
-  const argv = [process.execPath, ...CLI_NODE_FLAGS, ...nodeFlags, CLI, 'sidecar', '-c', node.configFile];
+  const argv = [process.execPath, ...CLI_NODE_FLAGS, ...EXTRA_NODE_FLAGS, ...nodeFlags, CLI, 'sidecar', '-c', node.configFile];
   const cpu = SIDECAR_CPUS.length > 0 ? SIDECAR_CPUS[node.index] ?? '' : SIDECAR_CPU;
   const [cmd, ...rest] = cpu ? ['taskset', '-c', cpu, ...argv] : argv;
   node.output = '';
   const child = spawn(cmd, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
   node.child = child;
   node.exited = new Promise((r) => child.once('exit', r));
-  const keep = (chunk) => (node.output = (node.output + chunk.toString()).slice(-8_000));
+  const log = KEEP_OUTPUT ? createWriteStream(join(node.dir, 'output.log'), { flags: 'a' }) : undefined;
+  const keep = (chunk) => {
+    log?.write(chunk);
+    node.output = (node.output + chunk.toString()).slice(-8_000);
+  };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
   const deadline = Date.now() + READY_TIMEOUT_MS;

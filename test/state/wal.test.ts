@@ -395,6 +395,45 @@ describe('Wal', () => {
     expect((await readAll(reopened)).records).toEqual([[1, 'one'], [2, 'two'], [3, 'three'], [4, 'four'], [5, 'five']]);
   });
 
+  it('under batch and none writes on the loop thread where the file can; a failed write there rejects its batch alone', async () => {
+    const dir = tempDir();
+    const calls = { sync: 0, async: 0, failNext: false };
+    const openFile = async (path: string): Promise<WalFile> => {
+      const file = await openSegmentFile(path);
+      return {
+        writev: (buffers, position) => (calls.async++, file.writev(buffers, position)),
+        writevSync(buffers, position) {
+          calls.sync++;
+          if (calls.failNext) {
+            calls.failNext = false;
+            const bytes = Buffer.concat(buffers);
+            file.writevSync!([bytes.subarray(0, bytes.length >> 1)], position);
+            throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          }
+          return file.writevSync!(buffers, position);
+        },
+        datasync: () => file.datasync(),
+        truncate: (length) => file.truncate(length),
+        close: () => file.close(),
+      };
+    };
+    const wal = await openWal({ dir, fsync: 'batch', batchInterval: 5, openFile });
+    expect(await wal.append(Buffer.from('one'))).toBe(1);
+    calls.failNext = true;
+    const failing = [wal.append(Buffer.alloc(300, 'a')), wal.append(Buffer.alloc(300, 'b'))];
+    for (const p of failing) await expect(p).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await wal.append(Buffer.from('two'))).toBe(2);
+    expect([calls.sync, calls.async]).toEqual([3, 0]);
+    await wal.close();
+    const reopened = await openWal({ dir, fsync: 'always', openFile });
+    expect(reopened.openReport.torn).toBeUndefined();
+    expect((await readAll(reopened)).records).toEqual([[1, 'one'], [2, 'two']]);
+    // `always` waits for the device: its writes stay off the loop thread.
+    expect(await reopened.append(Buffer.from('three'))).toBe(3);
+    expect([calls.sync, calls.async]).toEqual([3, 1]);
+    await reopened.close();
+  });
+
   it('close writes what is pending; appends after it reject', async () => {
     const dir = tempDir();
     const wal = await openWal({ dir, fsync: 'batch', batchInterval: 60_000 });
