@@ -8,9 +8,11 @@
 // as a difference. That is the "ring ranges between replica pairs" of the design, without having
 // to cut arcs: the set of keys two members share is a union of arcs of the ring.
 //
-// Maintained incrementally from the replica store's change hook (O(depth) per write plus one ring
-// lookup); rebuilt from the held digests whenever the ring changes (placement moved) and loaded
-// from the store at start.
+// Maintained from the replica store's change hook: each write updates the key's digest and stray
+// mark at once (one ring lookup) and its tree entries when a tree is next read (an anti-entropy
+// round), so a key written many times between rounds is hashed into the trees once, not per write.
+// Rebuilt from the held digests whenever the ring changes (placement moved); loaded from the store
+// at start.
 import { createHash } from 'node:crypto';
 import type { ContextRecord } from '../record.js';
 import { MerkleTree, WHOLE_RING } from './merkle.js';
@@ -32,6 +34,8 @@ export class KeyIndex {
   private readonly digests = new Map<string, string>();
   private trees = new Map<string, MerkleTree>();
   private readonly strays = new Set<string>();
+  /** Keys whose state changed since their tree entries were last updated (see `settle`). */
+  private readonly unsettled = new Set<string>();
   private ringIds: readonly string[] = [];
   private ringFingerprint = '';
 
@@ -64,13 +68,15 @@ export class KeyIndex {
 
   set(key: string, digest: string): void {
     this.digests.set(key, digest);
-    this.place(key, digest);
+    if (this.ring.replicas(key).some((m) => m.id === this.selfId)) this.strays.delete(key);
+    else this.strays.add(key);
+    this.unsettled.add(key);
   }
 
   delete(key: string): void {
     if (!this.digests.delete(key)) return;
     this.strays.delete(key);
-    for (const peer of this.peersOf(key)) this.trees.get(peer)?.delete(key);
+    this.unsettled.add(key);
   }
 
   digestOf(key: string): string | undefined {
@@ -79,6 +85,7 @@ export class KeyIndex {
 
   /** The tree of the keys this sidecar and `peerId` both replicate (empty when they share none). */
   treeFor(peerId: string): MerkleTree {
+    this.settle();
     let tree = this.trees.get(peerId);
     if (!tree) {
       tree = new MerkleTree(WHOLE_RING);
@@ -114,6 +121,7 @@ export class KeyIndex {
     this.ringFingerprint = fingerprintOf(this.ringIds, this.ring.size);
     this.trees = new Map();
     this.strays.clear();
+    this.unsettled.clear();
     for (const id of this.ringIds) if (id !== this.selfId) this.trees.set(id, new MerkleTree(WHOLE_RING));
     for (const [key, digest] of this.digests) this.place(key, digest);
   }
@@ -135,6 +143,19 @@ export class KeyIndex {
       after = page.next;
     }
     return this.digests.size;
+  }
+
+  /** Brings the trees up to date with the keys changed since they were last read. */
+  private settle(): void {
+    for (const key of this.unsettled) {
+      const digest = this.digests.get(key);
+      if (digest !== undefined) {
+        this.place(key, digest);
+        continue;
+      }
+      for (const peer of this.peersOf(key)) this.trees.get(peer)?.delete(key);
+    }
+    this.unsettled.clear();
   }
 
   private place(key: string, digest: string): void {

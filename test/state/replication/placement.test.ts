@@ -1,9 +1,13 @@
 // Placement: a key's replicas are the first N distinct members clockwise on hashring's ketama ring
-// over the live members, in the ring's own order, and they follow membership changes.
+// over the live members, in the ring's own order, and they follow membership changes. The key
+// index built on it (anti-entropy's trees and strays) reads the same after any series of writes and
+// deletes as one built at once from where they ended, placement changes included.
+import fc from 'fast-check';
 import HashRing from 'hashring';
 import { describe, expect, it } from 'vitest';
 import { MutableMembership, type Member } from '../../../src/membership/membership.js';
 import { PlacementRing } from '../../../src/state/replication/ring.js';
+import { KeyIndex } from '../../../src/state/replication/key-index.js';
 
 const member = (id: string, state: Member['state'] = 'alive'): Member => ({ id, address: `127.0.0.1:${1000 + id.charCodeAt(id.length - 1)}`, state, epoch: 0 });
 const KEYS = Array.from({ length: 200 }, (_, i) => `tenant-${i % 7}/session-${i}`);
@@ -64,5 +68,45 @@ describe('placement ring', () => {
     expect(ring.size).toBe(2);
     expect(ring.replicas('acme/x').map((m) => m.id).sort()).toEqual(['node-a', 'node-b']);
     ring.close();
+  });
+
+  it('key index: trees and strays after any writes, deletes and placement changes equal a fresh build of the final digests', () => {
+    const peers = ['node-b', 'node-c', 'node-d', 'node-e'];
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant('set' as const), key: fc.integer({ min: 0, max: 40 }), digest: fc.string({ minLength: 1, maxLength: 4 }) }),
+      fc.record({ kind: fc.constant('delete' as const), key: fc.integer({ min: 0, max: 40 }) }),
+      fc.record({ kind: fc.constant('read' as const), peer: fc.constantFrom(...peers) }),
+      fc.record({ kind: fc.constant('flip' as const), peer: fc.constantFrom(...peers) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 80 }), (ops) => {
+        const membership = new MutableMembership(member('node-a'), peers.map((id) => member(id)));
+        const ring = new PlacementRing(membership, 3);
+        const index = new KeyIndex('node-a', ring);
+        const digests = new Map<string, string>();
+        for (const o of ops) {
+          if (o.kind === 'set') {
+            index.set(`t/k${o.key}`, o.digest);
+            digests.set(`t/k${o.key}`, o.digest);
+          } else if (o.kind === 'delete') {
+            index.delete(`t/k${o.key}`);
+            digests.delete(`t/k${o.key}`);
+          } else if (o.kind === 'read') {
+            index.treeFor(o.peer).root();
+          } else {
+            const alive = membership.get(o.peer)!.state === 'alive';
+            membership.upsert(member(o.peer, alive ? 'dead' : 'alive'));
+            if (index.outdated) index.rebuild();
+          }
+        }
+        const fresh = new KeyIndex('node-a', ring);
+        for (const [key, digest] of digests) fresh.set(key, digest);
+        for (const peer of peers) expect(index.treeFor(peer).root()).toBe(fresh.treeFor(peer).root());
+        expect(index.strayKeys().sort()).toEqual(fresh.strayKeys().sort());
+        expect([...index.entries()].sort()).toEqual([...fresh.entries()].sort());
+        ring.close();
+      }),
+      { numRuns: 200 },
+    );
   });
 });
