@@ -189,7 +189,7 @@ if (profiles) {
   out.push(
     `#### Profiles (\`node --cpu-prof\`, self time over the measured seconds)`,
     '',
-    'The three sidecars share one core: a sample charges the time its thread waited for the core to the frame it was in (native writes above all), so shares are of sampled time, not CPU; the CPU µs per write above is the firm split between sidecars.',
+    `${meta.repl_cpus ? 'Sidecars share cores (with each other or the generator)' : 'The three sidecars share one core'}: the profiler samples by wall time, so a sample charges the time its thread waited for the core (or for its own thread-pool threads, pinned beside it) to the frame it was in (native writes above all); shares are of sampled time, not CPU, and the CPU µs per write above is the firm split between sidecars.`,
     '',
     profiles,
     '',

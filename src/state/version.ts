@@ -1,7 +1,7 @@
 // A context's version: the HLC timestamp of the write that made it and the node that stamped it,
 // `<wall>.<logical>@<node>`. Unique across sidecars that share an L2, ordered by time, and
 // readable in an ETag. Replication will carry a causal context beside it; this stays the ETag.
-import { compareTimestamps, formatTimestamp, parseTimestamp, type HlcTimestamp } from './hlc.js';
+import { formatTimestamp, scanTimestamp, scanned, type HlcTimestamp } from './hlc.js';
 
 export type Version = string;
 
@@ -15,15 +15,25 @@ export function makeVersion(t: HlcTimestamp, nodeTag: string): Version {
 }
 
 export function versionTimestamp(version: Version): HlcTimestamp | undefined {
-  const at = version.indexOf('@');
-  return parseTimestamp(at < 0 ? version : version.slice(0, at));
+  return scanVersion(version) ? { wall: scanned.wall, logical: scanned.logical } : undefined;
 }
 
-/** Orders versions by timestamp, then node tag: the last-writer-wins order. */
+/** scanTimestamp of the version's timestamp part (before any `@`). */
+function scanVersion(version: Version): boolean {
+  const at = version.indexOf('@');
+  return scanTimestamp(version, at < 0 ? version.length : at);
+}
+
+/** Orders versions by timestamp, then node tag: the last-writer-wins order. Allocates nothing. */
 export function compareVersions(a: Version, b: Version): number {
-  const ta = versionTimestamp(a);
-  const tb = versionTimestamp(b);
-  if (ta && tb) return compareTimestamps(ta, tb) || (a < b ? -1 : a > b ? 1 : 0);
+  if (scanVersion(a)) {
+    const wall = scanned.wall;
+    const logical = scanned.logical;
+    if (scanVersion(b)) {
+      const byTime = wall - scanned.wall || logical - scanned.logical;
+      if (byTime !== 0) return byTime;
+    }
+  }
   return a < b ? -1 : a > b ? 1 : 0;
 }
 

@@ -77,19 +77,26 @@ describe('replication across sidecar processes', () => {
     // right after acknowledging writes, with others still in flight.
     await cluster.start(c);
     let acknowledgedByA = 0;
+    let aExited = false;
     const coordinated = async () => {
-      // Until a is killed: the last writes are in flight when it dies.
-      while (a.child) {
+      // Until a has exited, not merely until the kill was sent: the writes it had answered but the
+      // test had not read yet would otherwise be the last ones, and none would be outstanding at
+      // its death (seen under a loaded machine). Writes sent in that window die with a.
+      while (!aExited) {
         const id = n++;
         const op = await write(history, a, `e2e/k${id}`, `value-${id}-${a.id}`);
         if (op.outcome === 'acked') acknowledgedByA++;
       }
     };
     const phase2 = Promise.all([coordinated(), coordinated()]);
-    await until(() => acknowledgedByA >= 20, 10_000, 'acknowledged writes through a').catch((err: Error) => {
-      throw new Error(`${err.message}: ${JSON.stringify(history.slice(-5))}\n${a.stderr.slice(-3000)}`);
-    });
-    await cluster.kill(a);
+    try {
+      await until(() => acknowledgedByA >= 20, 10_000, 'acknowledged writes through a').catch((err: Error) => {
+        throw new Error(`${err.message}: ${JSON.stringify(history.slice(-5))}\n${a.stderr.slice(-3000)}`);
+      });
+      await cluster.kill(a);
+    } finally {
+      aExited = true;
+    }
     await phase2;
 
     const acked = history.filter((o) => o.outcome === 'acked');
