@@ -120,7 +120,7 @@ export class PeerRouter {
   serveConnection(socket: TLSSocket, caller: PeerCaller, refusal?: MeshError): void {
     const writer = new FrameWriter(socket);
     const answer = (id: number, outcome: CallOutcome): void => writer.send(encodeReply(id, outcome.status, outcome.error ?? '', outcome.body));
-    const refuse = (id: number, err: unknown): void => answer(id, this.refusal(this.failure(err)));
+    const refuse = (id: number, err: unknown, call?: string): void => answer(id, this.refusal(this.failure(err, call)));
     const reader = new FrameReader({
       // The call's name and meta beside its body.
       maxFrameBytes: this.maxBodyBytes + CALL_HEAD_BYTES,
@@ -128,7 +128,7 @@ export class PeerRouter {
         if (frame.kind !== 'call') throw new Error(`a ${frame.kind} frame where calls are expected`);
         if (refusal) return refuse(frame.id, refusal);
         if (this.cutOff(frame.meta)) return socket.destroy();
-        this.dispatch(frame.name, frame.meta, frame.body, caller).then((outcome) => answer(frame.id, outcome), (err: unknown) => refuse(frame.id, err));
+        this.dispatch(frame.name, frame.meta, frame.body, caller).then((outcome) => answer(frame.id, outcome), (err: unknown) => refuse(frame.id, err, frame.name));
       },
       onOversized: (id, length) => refuse(id, new MeshError('payload_too_large', `peer call of ${length} bytes exceeds the limit of ${this.maxBodyBytes} bytes for its body`)),
     });
@@ -176,6 +176,7 @@ export class PeerRouter {
     return { status, body: Buffer.from(JSON.stringify(reply.body)), json: true };
   }
 
+  /** `err` as the MeshError to answer with; anything else is a handler's bug, and logged. */
   private failure(err: unknown, call?: string): MeshError {
     if (err instanceof MeshError) return err;
     this.logger?.error({ err: (err as Error)?.message, call }, 'peer handler failed');

@@ -203,6 +203,21 @@ describe('peer transport', () => {
     expect([small.status, small.body.length]).toEqual([200, 900]);
   });
 
+  it('closes a framed connection that carries bytes that are not frames, and goes on serving the others', async () => {
+    const a = await sidecar('a', aFiles);
+    a.sidecar.peers.add('echo', (body) => ({ body }));
+    const socket = tls.connect({ host: '127.0.0.1', port: Number(a.inboundAddress.split(':')[1]), cert: readFileSync(bFiles.cert), key: readFileSync(bFiles.key), ca: readFileSync(bFiles.ca), ALPNProtocols: [PEER_ALPN], checkServerIdentity: () => undefined });
+    await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    socket.on('error', () => undefined);
+    // A frame of kind 9: no call, no reply.
+    socket.write(Buffer.from([0, 0, 0, 6, 0, 0, 0, 1, 9, 0]));
+    await closed;
+    const b = await sidecar('b', bFiles);
+    const fine = await b.sidecar.peerClient.call(a.inboundAddress, 'echo', Buffer.from('still here'));
+    expect(fine.body.toString()).toBe('still here');
+  });
+
   it('calls a peer that offers only HTTP/1.1 (no framed calls) over HTTP', async () => {
     const server = https.createServer(
       { cert: readFileSync(aFiles.cert), key: readFileSync(aFiles.key), ca: readFileSync(aFiles.ca), requestCert: true, ALPNProtocols: ['http/1.1'] },
