@@ -207,6 +207,11 @@ export class FrameWriter {
 
   constructor(private readonly sink: FrameSink) {}
 
+  /** Bytes queued for the next write. */
+  get queuedBytes(): number {
+    return this.bytes;
+  }
+
   send(frame: Buffer[]): void {
     for (const part of frame) {
       this.parts.push(part);

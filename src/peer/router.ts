@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import type { TLSSocket } from 'node:tls';
 import { sendError } from '../errors/respond.js';
 import { ERROR_HEADER, MeshError, errorBody, toMeshError } from '../errors/table.js';
-import { FrameReader, FrameWriter, encodeReply, type Frame } from './frames.js';
+import { FrameReader, FrameWriter, encodeReply, type CallFrame, type Frame } from './frames.js';
 import type { Logger } from '../telemetry/logger.js';
 import { isAllowed, trustDomainOf } from '../tls/spiffe.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
@@ -118,9 +118,34 @@ export class PeerRouter {
    * every call is answered with it.
    */
   serveConnection(socket: TLSSocket, caller: PeerCaller, refusal?: MeshError): void {
+    // Back-pressure: at most MAX_CALLS_IN_PROGRESS calls of one connection run at once, none start
+    // while the socket holds more unsent replies than its high-water mark, and the connection is
+    // not read while calls wait. A caller that leaves its replies unread thus stops being read,
+    // and what it costs here is bounded by those calls' replies, not by what it sends.
+    let inProgress = 0;
+    const waiting: CallFrame[] = [];
     const writer = new FrameWriter(socket);
+    // Replies queued or unsent past the high-water mark: a write of them returns (or will return)
+    // false, so 'drain' follows.
+    const full = (): boolean => socket.writableNeedDrain || writer.queuedBytes + socket.writableLength > socket.writableHighWaterMark;
     const answer = (id: number, outcome: CallOutcome): void => writer.send(encodeReply(id, outcome.status, outcome.error ?? '', outcome.body));
     const refuse = (id: number, err: unknown, call?: string): void => answer(id, this.refusal(this.failure(err, call)));
+    const settled = (): void => {
+      inProgress--;
+      startWaiting();
+    };
+    const startWaiting = (): void => {
+      while (!full() && inProgress < MAX_CALLS_IN_PROGRESS && waiting.length > 0) {
+        const frame = waiting.shift()!;
+        inProgress++;
+        this.dispatch(frame.name, frame.meta, frame.body, caller)
+          .then((outcome) => answer(frame.id, outcome), (err: unknown) => refuse(frame.id, err, frame.name))
+          .finally(settled);
+      }
+      if (waiting.length > 0) socket.pause();
+      else if (socket.isPaused()) socket.resume();
+    };
+    socket.on('drain', startWaiting);
     const reader = new FrameReader({
       // The call's name and meta beside its body.
       maxFrameBytes: this.maxBodyBytes + CALL_HEAD_BYTES,
@@ -128,7 +153,7 @@ export class PeerRouter {
         if (frame.kind !== 'call') throw new Error(`a ${frame.kind} frame where calls are expected`);
         if (refusal) return refuse(frame.id, refusal);
         if (this.cutOff(frame.meta)) return socket.destroy();
-        this.dispatch(frame.name, frame.meta, frame.body, caller).then((outcome) => answer(frame.id, outcome), (err: unknown) => refuse(frame.id, err, frame.name));
+        waiting.push(frame);
       },
       onOversized: (id, length) => refuse(id, new MeshError('payload_too_large', `peer call of ${length} bytes exceeds the limit of ${this.maxBodyBytes} bytes for its body`)),
     });
@@ -138,7 +163,9 @@ export class PeerRouter {
       } catch (err) {
         this.logger?.warn({ err: (err as Error).message, remote: socket.remoteAddress }, 'peer connection closed: not ctxmesh-peer/1 frames');
         socket.destroy();
+        return;
       }
+      startWaiting();
     });
     socket.on('error', () => undefined);
   }
@@ -190,6 +217,8 @@ export class PeerRouter {
 
 /** Room for a call frame's name and meta beside the largest body accepted. */
 const CALL_HEAD_BYTES = 4096;
+/** Calls of one framed connection running at once; more wait, unread. */
+const MAX_CALLS_IN_PROGRESS = 128;
 const EMPTY = Buffer.alloc(0);
 
 interface CallOutcome {

@@ -11,9 +11,9 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { MeshError } from '../../src/errors/table.js';
 import { PeerClient } from '../../src/peer/client.js';
 import { MeshIdentity } from '../../src/tls/identity.js';
-import { closeAfterEach, createPki, deadAddress, sidecarConfig, startApp, startSidecar, type ConfigInput, type IdentityFiles, type TestPki } from '../helpers/mesh.js';
+import { closeAfterEach, createPki, deadAddress, sidecarConfig, startApp, startSidecar, until, type ConfigInput, type IdentityFiles, type TestPki } from '../helpers/mesh.js';
 import https from 'node:https';
-import { PEER_ALPN } from '../../src/peer/frames.js';
+import { FrameReader, PEER_ALPN, encodeCall } from '../../src/peer/frames.js';
 
 describe('peer transport', () => {
   const closers = closeAfterEach();
@@ -216,6 +216,33 @@ describe('peer transport', () => {
     const b = await sidecar('b', bFiles);
     const fine = await b.sidecar.peerClient.call(a.inboundAddress, 'echo', Buffer.from('still here'));
     expect(fine.body.toString()).toBe('still here');
+  });
+
+  it('stops reading calls from a caller that leaves its replies unread, and serves them all once it reads', async () => {
+    const a = await sidecar('a', aFiles);
+    let served = 0;
+    const reply = Buffer.alloc(256 * 1024, 7);
+    a.sidecar.peers.add('big', () => (served++, { body: reply }));
+    const socket = tls.connect({ host: '127.0.0.1', port: Number(a.inboundAddress.split(':')[1]), cert: readFileSync(bFiles.cert), key: readFileSync(bFiles.key), ca: readFileSync(bFiles.ca), ALPNProtocols: [PEER_ALPN], checkServerIdentity: () => undefined });
+    await new Promise((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+    closers.push(async () => void socket.destroy());
+    socket.pause();
+    const calls = 400;
+    socket.write(Buffer.concat(Array.from({ length: calls }, (_, id) => Buffer.concat(encodeCall(id, 'big', {}, Buffer.alloc(0))))));
+    // 400 replies of 256 KiB are 100 MiB; at most 128 calls run at once, and what loopback and TLS
+    // buffer between the two holds a few dozen replies.
+    await until(() => served > 0, 5_000, 'the first calls served');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const whileUnread = served;
+    expect(whileUnread).toBeLessThan(calls / 2);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(served).toBe(whileUnread);
+    const answered = new Set<number>();
+    const reader = new FrameReader({ maxFrameBytes: 1 << 20, onFrame: (f) => (f.kind === 'reply' && f.status === 200 && f.body.length === reply.length ? answered.add(f.id) : undefined), onOversized: () => undefined });
+    socket.on('data', (chunk: Buffer) => reader.push(chunk));
+    socket.resume();
+    await until(() => answered.size === calls, 20_000, 'every call answered once its replies are read');
+    expect(served).toBe(calls);
   });
 
   it('calls a peer that offers only HTTP/1.1 (no framed calls) over HTTP', async () => {
