@@ -6,6 +6,9 @@ import { EventEmitter } from 'node:events';
 import HashRing from 'hashring';
 import type { Member, Membership } from '../../membership/membership.js';
 
+/** Replica sets kept by `replicas` (a few KiB per hundred keys). */
+const RECENT_LOOKUPS = 1_024;
+
 export interface PlacementEvents {
   /** The ring was rebuilt over a different set of live members. */
   change: [ids: readonly string[]];
@@ -15,6 +18,8 @@ export class PlacementRing extends EventEmitter<PlacementEvents> {
   private ring: HashRing;
   private ids: string[] = [];
   private members = new Map<string, Member>();
+  /** Replica sets of recently looked-up keys, oldest first; cleared whenever the ring is rebuilt. */
+  private readonly recent = new Map<string, readonly Member[]>();
   private readonly onChange = (): void => this.rebuild();
 
   constructor(
@@ -33,10 +38,18 @@ export class PlacementRing extends EventEmitter<PlacementEvents> {
     return Math.min(this.factor, this.ids.length);
   }
 
-  /** The key's replica set, primary first. */
-  replicas(key: string): Member[] {
-    if (this.ids.length === 0) return [];
-    return this.ring.range(key, this.size, true).map((id) => this.members.get(id)!);
+  /**
+   * The key's replica set, primary first. Recent answers are kept (until the ring changes): one
+   * write looks its key up several times (the coordinator's round, each replica's apply, the
+   * anti-entropy index), and a ring lookup hashes the key.
+   */
+  replicas(key: string): readonly Member[] {
+    const known = this.recent.get(key);
+    if (known) return known;
+    const replicas: readonly Member[] = this.ids.length === 0 ? [] : Object.freeze(this.ring.range(key, this.size, true).map((id) => this.members.get(id)!));
+    if (this.recent.size >= RECENT_LOOKUPS) this.recent.delete(this.recent.keys().next().value!);
+    this.recent.set(key, replicas);
+    return replicas;
   }
 
   /** Live member ids the ring is built over, sorted. */
@@ -51,6 +64,7 @@ export class PlacementRing extends EventEmitter<PlacementEvents> {
   private rebuild(): void {
     const live = this.membership.live();
     this.members = new Map(live.map((m) => [m.id, m]));
+    this.recent.clear();
     const ids = live.map((m) => m.id).sort();
     if (ids.length === this.ids.length && ids.every((id, i) => id === this.ids[i])) return;
     this.ids = ids;

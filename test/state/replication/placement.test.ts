@@ -59,6 +59,11 @@ describe('placement ring', () => {
     const count = changes.length;
     membership.upsert(member('node-e', 'suspect'));
     expect(changes.length).toBe(count);
+    // A member that moved keeps its keys, and every answer names its new address (lookups are kept
+    // between ring changes, never across one).
+    const keyOfE = KEYS.find((k) => ring.replicas(k).some((m) => m.id === 'node-e'))!;
+    membership.upsert({ ...member('node-e'), address: '127.0.0.1:9999' });
+    expect(ring.replicas(keyOfE).find((m) => m.id === 'node-e')!.address).toBe('127.0.0.1:9999');
     ring.close();
   });
 
