@@ -8,7 +8,7 @@
 // peers' health monitors getting it declared by the control plane, its sessions moving to the next
 // instance, which already holds their context (replicated, RF 3), and the sidecar coming back.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -103,15 +103,30 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   say('Ctrl-C stops it.');
 }
 
-/** A port free right now, for the inbound listeners: peers must know each other's address up front. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Where inbound ports are looked for: below Linux's default ephemeral range (32768-60999). */
+const PLANNED_PORTS = { from: 20_000, to: 32_000 };
+
+/**
+ * A port free right now, for the inbound listeners: peers must know each other's address up
+ * front. Not one the kernel hands out for port 0: the sidecars started before its owner dial their
+ * peers, and an outgoing connection draws its local port from that same range — it took a port
+ * planned this way once (EADDRINUSE at the demo's second sidecar).
+ */
+async function freePort(): Promise<number> {
+  const span = PLANNED_PORTS.to - PLANNED_PORTS.from;
+  const start = Math.floor(Math.random() * span);
+  for (let i = 0; i < span; i++) {
+    const port = PLANNED_PORTS.from + ((start + i) % span);
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free port in ${PLANNED_PORTS.from}-${PLANNED_PORTS.to}`);
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
 }
 
