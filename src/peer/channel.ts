@@ -49,15 +49,10 @@ export class PeerChannel {
 
   constructor(private readonly options: PeerChannelOptions) {}
 
-  /** Calls in flight (sent or waiting for the connection). */
-  get pending(): number {
-    return this.waiting.size;
-  }
-
   call(name: string, meta: Record<string, string>, body: Buffer, timeoutMs: number, signal?: AbortSignal): Promise<ChannelReply> {
     const { address } = this.options;
     if (this.closed) return Promise.reject(new MeshError('internal', 'the peer client is closed'));
-    if (signal?.aborted) return Promise.reject(cancelled(name, address));
+    if (signal?.aborted) return Promise.reject(cancelled(address, name));
     let frame: Buffer[];
     const id = (this.lastId = (this.lastId + 1) >>> 0);
     try {
@@ -66,8 +61,8 @@ export class PeerChannel {
       return Promise.reject(new MeshError('bad_request', `call ${name} to peer ${address} cannot be sent: ${(err as Error).message}`));
     }
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.take(id)?.reject(new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`)), timeoutMs);
-      const onAbort = signal ? () => this.take(id)?.reject(cancelled(name, address)) : undefined;
+      const timer = setTimeout(() => this.take(id)?.reject(timedOut(address, name, timeoutMs)), timeoutMs);
+      const onAbort = signal ? () => this.take(id)?.reject(cancelled(address, name)) : undefined;
       if (onAbort) signal!.addEventListener('abort', onAbort, { once: true });
       this.waiting.set(id, { name, resolve, reject, timer, signal, onAbort });
       if (this.writer) {
@@ -78,7 +73,7 @@ export class PeerChannel {
         () => {
           if (this.waiting.has(id)) this.writer!.send(frame);
         },
-        (err: Error) => this.take(id)?.reject(err instanceof NotFramedError ? err : unreachable(name, address, err)),
+        (err: Error) => this.take(id)?.reject(err instanceof NotFramedError ? err : unreachable(address, name, err instanceof MeshError ? err.message : (err?.message ?? String(err)), err)),
       );
     });
   }
@@ -156,11 +151,16 @@ export class PeerChannel {
   }
 }
 
-function cancelled(name: string, address: string): MeshError {
-  return new MeshError('client_closed', `call ${name} to peer ${address} was cancelled`);
+// How a peer call fails, over frames or HTTP alike (client.ts uses these too).
+
+export function timedOut(address: string, name: string, timeoutMs: number, cause?: unknown): MeshError {
+  return new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`, { cause });
 }
 
-function unreachable(name: string, address: string, err: Error): MeshError {
-  const reason = err instanceof MeshError ? err.message : (err?.message ?? String(err));
-  return new MeshError('connect_failure', `peer ${address} is unreachable (${name}): ${reason}`, { cause: err });
+export function cancelled(address: string, name: string, cause?: unknown): MeshError {
+  return new MeshError('client_closed', `call ${name} to peer ${address} was cancelled`, { cause });
+}
+
+export function unreachable(address: string, name: string, reason: string, cause?: unknown): MeshError {
+  return new MeshError('connect_failure', `peer ${address} is unreachable (${name}): ${reason}`, { cause });
 }

@@ -16,7 +16,7 @@ import type { MeshIdentity } from '../tls/identity.js';
 import { PEER_PATH_PREFIX } from './router.js';
 import { PEER_NODE_HEADER, type PeerFaults } from '../state/replication/faults.js';
 import { Fencing, type FenceVerdict } from './fencing.js';
-import { NotFramedError, PeerChannel, type ChannelReply } from './channel.js';
+import { NotFramedError, PeerChannel, cancelled, timedOut, unreachable, type ChannelReply } from './channel.js';
 import { PEER_ALPN } from './frames.js';
 
 const require = createRequire(import.meta.url);
@@ -92,7 +92,7 @@ export class PeerClient {
    */
   async call(address: string, name: string, body: Buffer | object, options: PeerCallOptions = {}): Promise<PeerResponse> {
     if (this.closed) throw new MeshError('internal', 'the peer client is closed');
-    if (this.faults?.dropsCallTo(address)) throw new MeshError('connect_failure', `peer ${address} is unreachable (${name}): blocked by the fault switch`);
+    if (this.faults?.dropsCallTo(address)) throw unreachable(address, name, 'blocked by the fault switch');
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const payload = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
     const meta = { ...(this.faults ? { [PEER_NODE_HEADER]: this.faults.selfId } : {}), ...this.fencing?.headers() };
@@ -148,9 +148,9 @@ export class PeerClient {
     // One controller and one timer per call, cleared when the call ends: AbortSignal.timeout
     // would keep its timer (and build a DOMException) for the full timeout after every call.
     const controller = new AbortController();
-    let timedOut = false;
+    let expired = false;
     const timer = setTimeout(() => {
-      timedOut = true;
+      expired = true;
       controller.abort();
     }, timeoutMs);
     const cancel = (): void => controller.abort();
@@ -170,7 +170,7 @@ export class PeerClient {
       const error = response.headers[ERROR_HEADER];
       return { status: response.statusCode, body: bytes, error: typeof error === 'string' ? error : '' };
     } catch (err) {
-      throw describe(err, address, name, timeoutMs, timedOut, callerSignal?.aborted ?? false);
+      throw describe(err, address, name, timeoutMs, expired, callerSignal?.aborted ?? false);
     } finally {
       clearTimeout(timer);
       callerSignal?.removeEventListener('abort', cancel);
@@ -234,16 +234,16 @@ function laneOf(address: string, bulk: boolean): string {
   return `${bulk ? 'bulk' : 'calls'} ${address}`;
 }
 
-function describe(err: unknown, address: string, name: string, timeoutMs: number, timedOut: boolean, cancelled: boolean): MeshError {
+function describe(err: unknown, address: string, name: string, timeoutMs: number, wasTimedOut: boolean, wasCancelled: boolean): MeshError {
   if (err instanceof MeshError) {
     return err.code === 'connect_failure' ? new MeshError('connect_failure', `peer ${address} (${name}): ${err.message}`, { cause: err }) : err;
   }
-  if (timedOut) return new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`, { cause: err });
-  if (cancelled) return new MeshError('client_closed', `call ${name} to peer ${address} was cancelled`, { cause: err });
+  if (wasTimedOut) return timedOut(address, name, timeoutMs, err);
+  if (wasCancelled) return cancelled(address, name, err);
   const mapped = toMeshError(err);
   const reason = (err as Error)?.message ?? String(err);
-  if (mapped.code === 'connect_failure') return new MeshError('connect_failure', `peer ${address} is unreachable (${name}): ${reason}`, { cause: err });
-  if (mapped.code === 'upstream_timeout') return new MeshError('upstream_timeout', `peer ${address} did not answer ${name} within ${timeoutMs} ms`, { cause: err });
+  if (mapped.code === 'connect_failure') return unreachable(address, name, reason, err);
+  if (mapped.code === 'upstream_timeout') return timedOut(address, name, timeoutMs, err);
   return new MeshError(mapped.code === 'internal' ? 'upstream_reset' : mapped.code, `peer ${address} (${name}): ${reason}`, { cause: err });
 }
 
